@@ -1,0 +1,361 @@
+"""``TrajectoryModel``: the notebook-facing facade (fit, predict risk and survival, save, load)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl_light
+import numpy as np
+import polars as pl
+import torch
+from safetensors.torch import load_file, save_file
+
+from migpt_traj.config import TrajectoryConfig
+from migpt_traj.data.cohort import Cohort, Split
+from migpt_traj.data.datamodule import TokenDataset, TrajectoryDataModule, collate_tokens
+from migpt_traj.data.preprocess import Preprocessor
+from migpt_traj.data.tensorize import TokenTable, tensorize, training_queries
+from migpt_traj.errors import ConfigError, ModelStateError, OutcomeError
+from migpt_traj.model.module import TrajectoryModule, bin_edges, initial_log_hazard
+from migpt_traj.model.survival import survival_function
+
+__all__ = ["TrajectoryModel"]
+
+_FORMAT_VERSION = 1
+
+
+class _BestWeights(pl_light.Callback):
+    """Keeps the weights of the epoch with the lowest tuning loss in memory (restored after fit)."""
+
+    def __init__(self) -> None:
+        self.best = float("inf")
+        self.state: dict[str, torch.Tensor] | None = None
+        self.epoch = -1
+
+    def on_validation_epoch_end(self, trainer: pl_light.Trainer, module: pl_light.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        loss = trainer.callback_metrics.get("val_loss")
+        if loss is not None and float(loss) < self.best:
+            self.best = float(loss)
+            self.epoch = trainer.current_epoch
+            self.state = copy.deepcopy(module.state_dict())
+
+
+class TrajectoryModel:
+    """Time-aware multimodal transformer with a competing-risk survival head.
+
+    Risk = cumulative incidence of each outcome in ``(t, t + h]`` given event-free at the prediction time ``t``
+    (higher = worse); horizons in days.
+
+    Example:
+        >>> import migpt_traj as mt  # doctest: +SKIP
+        >>> cohort = mt.datasets.load_pbc2()  # doctest: +SKIP
+        >>> model = mt.TrajectoryModel(max_epochs=5, seed=0).fit(cohort)  # doctest: +SKIP
+        >>> model.predict_risk(cohort, landmarks=[365], horizons=[365], split="held_out")  # doctest: +SKIP
+    """
+
+    def __init__(self, config: TrajectoryConfig | None = None, **overrides: Any) -> None:
+        base = config or TrajectoryConfig()
+        self.config = base.replace(**overrides) if overrides else base
+        self.preprocessor: Preprocessor | None = None
+        self.module: TrajectoryModule | None = None
+        self.outcomes: tuple[str, ...] = ()
+        self.note_identity: str | None = None
+        self.note_dim = 0
+        self.history: dict[str, Any] = {}
+        self._note_encoder: Any = None
+
+    @classmethod
+    def from_config(cls, path: str | Path, **overrides: Any) -> TrajectoryModel:
+        return cls(TrajectoryConfig.from_yaml(path), **overrides)
+
+    # ------------------------------------------------------------------ notes
+    def _note_embedder(self, cohort: Cohort | None) -> Any:
+        if not self.config.use_notes:
+            return None
+        if cohort is not None and self.note_identity is None:
+            has_notes = cohort.events.filter(pl.col("code").str.starts_with(cohort.conventions.note_prefix)).height
+            if not has_notes:
+                return None
+        if self._note_encoder is None:
+            from migpt_traj.encoders.notes import NoteEncoder, NoteEncoderConfig
+
+            self._note_encoder = NoteEncoder(
+                NoteEncoderConfig(model=self.config.note_model, cache_dir=self.config.note_cache_dir)
+            )
+        return self._note_encoder
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, cohort: Cohort, *, run_dir: str | Path | None = None) -> TrajectoryModel:
+        """Fit on the train split, early-stopping on the tuning split's likelihood.
+
+        Nothing from tuning or held-out subjects reaches the fitted statistics (vocabulary, normalisers, time
+        bins); tuning subjects only pick the epoch.
+        """
+        cfg = self.config
+        if cfg.outcomes is not None and tuple(cfg.outcomes) != tuple(cohort.outcomes):
+            raise OutcomeError(
+                f"Config outcomes {list(cfg.outcomes)} differ from the cohort's {list(cohort.outcomes)}; build the "
+                f"cohort with outcomes={list(cfg.outcomes)}."
+            )
+        pl_light.seed_everything(cfg.seed, workers=True, verbose=False)
+        self.outcomes = tuple(cohort.outcomes)
+        pre = Preprocessor.fit(cohort, min_code_count=cfg.min_code_count)
+        if not cfg.use_images:
+            pre.image_dim, pre.image_mean, pre.image_std = 0, [], []
+        self.preprocessor = pre
+        embedder = self._note_embedder(cohort)
+        if embedder is not None:
+            self.note_identity = embedder.identity
+            self.note_dim = embedder.dim
+        tables = {}
+        for split in ("train", "tuning"):
+            samples, queries = training_queries(
+                cohort, split=split, extra_per_subject=cfg.extra_queries_per_subject, seed=cfg.seed
+            )
+            tables[split] = self._tensorize(cohort, samples, queries=queries)
+        train = tables["train"]
+        labelled = train.q_cause >= 0
+        if not (train.q_cause[labelled] > 0).any():
+            raise OutcomeError("The train split has no outcome events after any prediction time; nothing to learn.")
+        edges = bin_edges(train.q_duration[labelled], train.q_cause[labelled], n_bins=cfg.n_bins)
+        init = initial_log_hazard(train.q_duration[labelled], train.q_cause[labelled], edges, len(self.outcomes))
+        self.module = TrajectoryModule(
+            vocab_size=len(pre.codes),
+            n_causes=len(self.outcomes),
+            edges=edges.tolist(),
+            init_log_hazard=init.tolist(),
+            d_model=cfg.d_model,
+            n_layers=cfg.n_layers,
+            n_heads=cfg.n_heads,
+            dropout=cfg.dropout,
+            image_dim=pre.image_dim,
+            note_dim=self.note_dim,
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+        )
+        data = TrajectoryDataModule(train, tables["tuning"], batch_size=cfg.batch_size, seed=cfg.seed)
+        best = _BestWeights()
+        callbacks: list[pl_light.Callback] = [best]
+        has_tuning = data.tuning_set is not None
+        if has_tuning:
+            callbacks.append(pl_light.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience))
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(run_dir) if run_dir is not None else Path(tmp)
+            if run_dir is not None:
+                callbacks.append(
+                    pl_light.callbacks.ModelCheckpoint(
+                        dirpath=root / "checkpoints", monitor="val_loss" if has_tuning else None, save_top_k=1
+                    )
+                )
+            trainer = pl_light.Trainer(
+                max_epochs=cfg.max_epochs,
+                accelerator=cfg.accelerator,
+                devices=cfg.devices,
+                strategy=cfg.strategy,
+                deterministic=cfg.deterministic,
+                enable_progress_bar=cfg.progress,
+                enable_model_summary=False,
+                logger=False,
+                enable_checkpointing=run_dir is not None,
+                callbacks=callbacks,
+                gradient_clip_val=1.0,
+                default_root_dir=str(root),
+                num_sanity_val_steps=0,
+            )
+            trainer.fit(self.module, datamodule=data)
+        if best.state is not None:
+            self.module.load_state_dict(best.state)
+        self.module.eval()
+        self.history = {
+            "best_epoch": best.epoch,
+            "best_val_loss": best.best if best.state is not None else None,
+            "epochs_run": trainer.current_epoch,
+            "train_samples": train.n_samples,
+            "train_queries": int(labelled.sum()),
+        }
+        return self
+
+    def _tensorize(self, cohort: Cohort, samples: pl.DataFrame, *, queries: pl.DataFrame | None = None) -> TokenTable:
+        assert self.preprocessor is not None
+        embedder = self._note_embedder(cohort) if self.note_identity is not None else None
+        return tensorize(
+            cohort,
+            samples,
+            self.preprocessor,
+            queries=queries,
+            max_len=self.config.max_len,
+            note_embedder=embedder.encode if embedder is not None else None,
+            note_dim=self.note_dim,
+        )
+
+    # ------------------------------------------------------------------ predict
+    def _require_fit(self) -> TrajectoryModule:
+        if self.module is None or self.preprocessor is None:
+            raise ModelStateError("This TrajectoryModel is not fitted; call fit(cohort) or TrajectoryModel.load(path).")
+        return self.module
+
+    def _prediction_samples(
+        self,
+        cohort: Cohort,
+        landmarks: Sequence[float] | None,
+        prediction_times: pl.DataFrame | None,
+        split: Split | None,
+    ) -> pl.DataFrame:
+        """At-risk samples: strict DESIGN.md rule for landmarks; for explicit times, no outcome at or before t."""
+        if prediction_times is None:
+            lab = cohort.labels(landmarks=landmarks, split=split)
+            return lab.select("subject_id", "prediction_time", "landmark_days")
+        pt = prediction_times.select(
+            pl.col("subject_id").cast(pl.Int64), pl.col("prediction_time").cast(pl.Datetime("us"))
+        )
+        subj = cohort.subjects if split is None else cohort.subjects.filter(pl.col("split") == split)
+        return (
+            pt.join(subj.select("subject_id", "outcome_time"), on="subject_id", how="inner")
+            .filter(pl.col("outcome_time").is_null() | (pl.col("outcome_time") > pl.col("prediction_time")))
+            .select("subject_id", "prediction_time", pl.lit(None, dtype=pl.Float64).alias("landmark_days"))
+            .unique(maintain_order=True)
+            .sort("subject_id", "prediction_time")
+        )
+
+    @torch.inference_mode()
+    def _log_hazards(self, table: TokenTable, *, batch_size: int = 256) -> torch.Tensor:
+        module = self._require_fit()
+        module.eval()
+        dataset = TokenDataset(table)
+        order = np.argsort(table.lengths, kind="stable")
+        out = torch.empty(table.q_sample.size, len(self.outcomes), module.edges.numel())
+        for i in range(0, order.size, batch_size):
+            batch = collate_tokens(dataset, order[i : i + batch_size].tolist())
+            out[batch["q_row"]] = module.log_hazard(batch)
+        return out
+
+    def _checked_horizons(self, horizons: Sequence[float]) -> torch.Tensor:
+        h = np.asarray(list(horizons), dtype=np.float64)
+        if h.ndim != 1 or h.size == 0 or not np.all(np.isfinite(h)) or np.any(h < 0):
+            raise ConfigError(f"Horizons must be a non-empty list of finite days >= 0; got {list(horizons)}.")
+        return torch.tensor(h, dtype=torch.float32)
+
+    def predict_risk(
+        self,
+        cohort: Cohort,
+        *,
+        horizons: Sequence[float],
+        landmarks: Sequence[float] | None = None,
+        prediction_times: pl.DataFrame | None = None,
+        split: Split | None = None,
+    ) -> pl.DataFrame:
+        """Cumulative incidence of every outcome within each horizon after each prediction time.
+
+        Give ``landmarks`` (days after time zero; every subject at risk there) or ``prediction_times`` (frame
+        ``subject_id, prediction_time``; every one without an outcome at or before it). Inputs are the events
+        available at the prediction time (``<=``), nothing later.
+
+        Returns:
+            polars frame ``subject_id, prediction_time, landmark_days, event, horizon_days, risk`` with risk in
+            [0, 1], non-decreasing in ``horizon_days``; summed over events it equals ``1 - survival``.
+        """
+        module = self._require_fit()
+        tau = self._checked_horizons(horizons)
+        samples = self._prediction_samples(cohort, landmarks, prediction_times, split)
+        table = self._tensorize(
+            cohort, samples.rename({"prediction_time": "cutoff_time"}).select("subject_id", "cutoff_time")
+        )
+        from migpt_traj.model.survival import cumulative_incidence
+
+        cif = cumulative_incidence(self._log_hazards(table), module.edges, tau).numpy()  # (S, K, H)
+        n, k, h = cif.shape
+        return pl.DataFrame(
+            {
+                "subject_id": np.repeat(samples["subject_id"].to_numpy(), k * h),
+                "prediction_time": samples["prediction_time"].gather(np.repeat(np.arange(n), k * h)),
+                "landmark_days": np.repeat(samples["landmark_days"].to_numpy(), k * h),
+                "event": np.tile(np.repeat(np.asarray(self.outcomes, dtype=object), h), n),
+                "horizon_days": np.tile(tau.numpy().astype(np.float64), n * k),
+                "risk": cif.reshape(-1).astype(np.float64),
+            },
+            schema_overrides={"event": pl.String},
+        )
+
+    def predict_survival(
+        self,
+        cohort: Cohort,
+        *,
+        times: Sequence[float],
+        landmarks: Sequence[float] | None = None,
+        prediction_times: pl.DataFrame | None = None,
+        split: Split | None = None,
+    ) -> pl.DataFrame:
+        """Probability of no outcome of any kind within ``times`` days: ``subject_id, prediction_time,
+        landmark_days, time_days, survival``."""
+        module = self._require_fit()
+        tau = self._checked_horizons(times)
+        samples = self._prediction_samples(cohort, landmarks, prediction_times, split)
+        table = self._tensorize(
+            cohort, samples.rename({"prediction_time": "cutoff_time"}).select("subject_id", "cutoff_time")
+        )
+        surv = survival_function(self._log_hazards(table), module.edges, tau).numpy()  # (S, H)
+        n, h = surv.shape
+        return pl.DataFrame(
+            {
+                "subject_id": np.repeat(samples["subject_id"].to_numpy(), h),
+                "prediction_time": samples["prediction_time"].gather(np.repeat(np.arange(n), h)),
+                "landmark_days": np.repeat(samples["landmark_days"].to_numpy(), h),
+                "time_days": np.tile(tau.numpy().astype(np.float64), n),
+                "survival": surv.reshape(-1).astype(np.float64),
+            }
+        )
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | Path) -> Path:
+        """Write ``model.safetensors`` (weights) and ``model.json`` (config, vocabulary, normalisers, bins)."""
+        module = self._require_fit()
+        assert self.preprocessor is not None
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+        save_file(state, str(path / "model.safetensors"))
+        hparams = {k: v for k, v in module.hparams.items() if k != "init_log_hazard"}
+        meta = {
+            "format_version": _FORMAT_VERSION,
+            "config": self.config.to_dict(),
+            "outcomes": list(self.outcomes),
+            "preprocessor": self.preprocessor.to_dict(),
+            "module": hparams,
+            "note_identity": self.note_identity,
+            "note_dim": self.note_dim,
+            "history": self.history,
+        }
+        (path / "model.json").write_text(json.dumps(meta, indent=1))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> TrajectoryModel:
+        """Load a model written by :meth:`save` (no pickle anywhere)."""
+        path = Path(path)
+        try:
+            meta = json.loads((path / "model.json").read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ModelStateError(f"Cannot read a saved model at {str(path)!r}: {err}") from err
+        if meta.get("format_version") != _FORMAT_VERSION:
+            raise ModelStateError(
+                f"Saved model at {str(path)!r} has format_version {meta.get('format_version')}; this version of "
+                f"migpt_traj reads {_FORMAT_VERSION}."
+            )
+        model = cls(TrajectoryConfig.from_dict(meta["config"], source=str(path / "model.json")))
+        model.outcomes = tuple(meta["outcomes"])
+        model.preprocessor = Preprocessor.from_dict(meta["preprocessor"])
+        model.note_identity = meta["note_identity"]
+        model.note_dim = int(meta["note_dim"])
+        model.history = meta.get("history", {})
+        module = TrajectoryModule(**meta["module"])
+        module.load_state_dict(load_file(str(path / "model.safetensors")))
+        module.eval()
+        model.module = module
+        return model

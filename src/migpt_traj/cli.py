@@ -1,0 +1,191 @@
+"""The ``migpt-traj`` command: demo, fit, predict (same options as the API; YAML configs in ``configs/``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import polars as pl
+
+from migpt_traj.durations import parse_days_list
+from migpt_traj.errors import MigptTrajError
+
+__all__ = ["main"]
+
+
+def _cohort(root: str, outcomes: str | None, seed: int) -> object:
+    from migpt_traj.data.cohort import Cohort
+
+    codes = [c.strip() for c in outcomes.split(",")] if outcomes else ["MEDS_DEATH"]
+    return Cohort.from_meds(root, outcomes=codes, split_seed=seed)
+
+
+def _cmd_fit(args: argparse.Namespace) -> int:
+    from migpt_traj.api import TrajectoryModel
+    from migpt_traj.config import TrajectoryConfig
+
+    config = TrajectoryConfig.from_yaml(args.config) if args.config else TrajectoryConfig()
+    overrides = {}
+    if args.max_epochs is not None:
+        overrides["max_epochs"] = args.max_epochs
+    if args.seed is not None:
+        overrides["seed"] = args.seed
+    if args.quiet:
+        overrides["progress"] = False
+    outcomes = args.outcomes or (",".join(config.outcomes) if config.outcomes else None)
+    cohort = _cohort(args.data, outcomes, args.split_seed)
+    model = TrajectoryModel(config, **overrides)
+    model.fit(cohort, run_dir=args.out)  # type: ignore[arg-type]
+    model.save(args.out)
+    print(f"Saved model to {args.out} (best epoch {model.history.get('best_epoch')}).")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from migpt_traj.api import TrajectoryModel
+
+    model = TrajectoryModel.load(args.model)
+    cohort = _cohort(args.data, args.outcomes or ",".join(model.outcomes), args.split_seed)
+    split = None if args.split == "all" else args.split
+    risk = model.predict_risk(
+        cohort,  # type: ignore[arg-type]
+        landmarks=parse_days_list(args.landmarks, name="--landmarks"),
+        horizons=parse_days_list(args.horizons, name="--horizons"),
+        split=split,
+    )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    risk.write_parquet(out)
+    print(f"Wrote {risk.height} rows ({risk['subject_id'].n_unique()} subjects) to {out}.")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from migpt_traj.api import TrajectoryModel
+    from migpt_traj.datasets import load_pbc2
+
+    pl.Config.set_tbl_rows(30)
+    pl.Config.set_tbl_cols(20)
+    start = time.perf_counter()
+    cohort = load_pbc2()
+    print(cohort)
+    print(cohort.describe())
+    try:
+        from migpt_traj.datasets import make_synthetic  # type: ignore[attr-defined]
+
+        syn = make_synthetic(n_subjects=500, seed=0)
+        print(syn)
+        print(syn.describe())
+    except ImportError:
+        pass
+    config_path = Path(args.config) if args.config else None
+    model = (
+        TrajectoryModel.from_config(config_path, progress=not args.quiet)
+        if config_path
+        else TrajectoryModel(max_epochs=args.max_epochs, progress=not args.quiet, seed=0)
+    )
+    print(f"\nFitting on the PBC2 train split ({len(cohort.subject_ids('train'))} subjects) ...")
+    model.fit(cohort)
+    print(f"Best epoch {model.history['best_epoch']} (tuning NLL {model.history['best_val_loss']:.4f}).")
+    landmarks = [365.25, 1095.75]
+    horizons = [365.25, 1095.75, 1826.25]
+    risk = model.predict_risk(cohort, landmarks=landmarks, horizons=horizons, split="held_out")
+    print("\nHeld-out predicted risk of death (cumulative incidence), first subjects:")
+    print(risk.filter(pl.col("event") == "MEDS_DEATH").head(9))
+    _print_discrimination(cohort, risk, landmarks=landmarks, horizons=horizons)
+    if args.out:
+        model.save(args.out)
+        risk.write_parquet(Path(args.out) / "predictions.parquet")
+        print(f"Saved the model and predictions to {args.out}.")
+    print(f"\nDemo finished in {time.perf_counter() - start:.0f} s.")
+    return 0
+
+
+def _print_discrimination(cohort: object, risk: pl.DataFrame, *, landmarks: list[float], horizons: list[float]) -> None:
+    """Held-out td-AUC for death per landmark × horizon (IPCW, censoring from the train split)."""
+    try:
+        from migpt_traj.evaluation.metrics import cumulative_dynamic_auc
+    except ImportError:
+        return
+    from migpt_traj.data.cohort import Cohort
+
+    assert isinstance(cohort, Cohort)
+    rows = []
+    for lm in landmarks:
+        held = cohort.labels(landmarks=[lm], split="held_out")
+        train = cohort.labels(landmarks=[lm], split="train")
+        for h in horizons:
+            r = risk.filter(
+                (pl.col("event") == "MEDS_DEATH") & (pl.col("landmark_days") == lm) & (pl.col("horizon_days") == h)
+            )
+            j = held.join(r.select("subject_id", "risk"), on="subject_id")
+            code = {"MEDS_DEATH": 1, "TRANSPLANT": 2}
+            ev = j["event"].replace_strict(code, default=0, return_dtype=pl.Int64).to_numpy()
+            tr_ev = train["event"].replace_strict(code, default=0, return_dtype=pl.Int64).to_numpy()
+            try:
+                auc = cumulative_dynamic_auc(
+                    j["duration_days"].to_numpy(),
+                    ev,
+                    j["risk"].to_numpy(),
+                    h,
+                    cause=1,
+                    train_time=train["duration_days"].to_numpy(),
+                    train_event=tr_ev,
+                )
+                value = f"{float(getattr(auc, 'auc', auc)):.3f}"
+            except MigptTrajError as err:
+                value = f"n/a ({str(err)[:40]})"
+            rows.append({"landmark_days": lm, "horizon_days": h, "at_risk": j.height, "td_auc_death": value})
+    print("\nHeld-out time-dependent AUC (death), small split: read with care.")
+    print(pl.DataFrame(rows))
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="migpt-traj", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="fit on the bundled PBC2 cohort and predict, end to end")
+    demo.add_argument("--config", default=None, help="YAML config (default: built-in settings)")
+    demo.add_argument("--max-epochs", type=int, default=30)
+    demo.add_argument("--out", default=None, help="folder for the model and predictions")
+    demo.add_argument("--quiet", action="store_true")
+    demo.set_defaults(func=_cmd_demo)
+
+    fit = sub.add_parser("fit", help="fit a model on a MEDS root (train split; tuning split for early stopping)")
+    fit.add_argument("--data", required=True, help="MEDS root")
+    fit.add_argument("--out", required=True, help="run folder for the saved model")
+    fit.add_argument("--config", default=None)
+    fit.add_argument("--outcomes", default=None, help="comma-separated outcome codes, primary first")
+    fit.add_argument("--max-epochs", type=int, default=None)
+    fit.add_argument("--seed", type=int, default=None)
+    fit.add_argument("--split-seed", type=int, default=0, help="seed of the subject split when the root has none")
+    fit.add_argument("--quiet", action="store_true")
+    fit.set_defaults(func=_cmd_fit)
+
+    pred = sub.add_parser("predict", help="risk for every subject at risk at every landmark")
+    pred.add_argument("--model", required=True, help="run folder written by fit")
+    pred.add_argument("--data", required=True, help="MEDS root")
+    pred.add_argument("--landmarks", required=True, help="e.g. 1y,3y or 365,1095")
+    pred.add_argument("--horizons", required=True, help="e.g. 1y,3y,5y")
+    pred.add_argument("--split", default="held_out", choices=["train", "tuning", "held_out", "all"])
+    pred.add_argument("--outcomes", default=None)
+    pred.add_argument("--split-seed", type=int, default=0)
+    pred.add_argument("--out", required=True, help="parquet file to write")
+    pred.set_defaults(func=_cmd_predict)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except MigptTrajError as err:
+        print(f"migpt-traj: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

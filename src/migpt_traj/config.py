@@ -1,0 +1,128 @@
+"""Typed configuration shared by the API, the CLI and tuning (YAML files in ``configs/``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from migpt_traj.errors import ConfigError, did_you_mean
+
+__all__ = ["TrajectoryConfig"]
+
+
+@dataclass(frozen=True)
+class TrajectoryConfig:
+    """Everything that defines a model and its training. Durations in days.
+
+    Model: ``d_model``, ``n_layers``, ``n_heads``, ``dropout``, ``n_bins`` (piecewise-exponential time bins at
+    train event-time quantiles), ``max_len`` (tokens per sequence, start token included).
+    Training: ``max_epochs``, ``batch_size``, ``lr``, ``weight_decay``, ``patience`` (early stopping on the
+    tuning split's loss), ``seed``, ``deterministic``, ``extra_queries_per_subject`` (random prediction times per
+    train subject besides every event time), ``accelerator``, ``devices``, ``strategy``, ``progress``.
+    Data: ``min_code_count`` (rarer train codes map to unknown), ``use_notes``, ``use_images``, ``note_model``
+    (``"all-MiniLM-L6-v2"``, shipped offline, or a local Hugging Face model directory), ``note_cache_dir``.
+    ``horizons_days``: the default horizons reported by the CLI.
+    """
+
+    # model
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+    dropout: float = 0.1
+    n_bins: int = 12
+    max_len: int = 512
+    # training
+    max_epochs: int = 30
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    patience: int = 5
+    seed: int = 0
+    deterministic: bool = True
+    extra_queries_per_subject: int = 2
+    accelerator: str = "cpu"
+    devices: int = 1
+    strategy: str = "auto"
+    progress: bool = True
+    # data
+    min_code_count: int = 1
+    use_notes: bool = True
+    use_images: bool = True
+    note_model: str = "all-MiniLM-L6-v2"
+    note_cache_dir: str | None = None
+    horizons_days: tuple[float, ...] = field(default=(365.25, 1095.75, 1826.25))
+    outcomes: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        checks: list[tuple[str, bool, str]] = [
+            (
+                "d_model",
+                self.d_model > 0 and self.d_model % self.n_heads == 0,
+                "a positive multiple of n_heads",
+            ),
+            ("n_layers", self.n_layers >= 1, ">= 1"),
+            ("n_heads", self.n_heads >= 1, ">= 1"),
+            ("dropout", 0.0 <= self.dropout < 1.0, "in [0, 1)"),
+            ("n_bins", self.n_bins >= 1, ">= 1"),
+            ("max_len", self.max_len >= 2, ">= 2"),
+            ("max_epochs", self.max_epochs >= 1, ">= 1"),
+            ("batch_size", self.batch_size >= 1, ">= 1"),
+            ("lr", self.lr > 0, "> 0"),
+            ("weight_decay", self.weight_decay >= 0, ">= 0"),
+            ("patience", self.patience >= 1, ">= 1"),
+            ("extra_queries_per_subject", self.extra_queries_per_subject >= 0, ">= 0"),
+            ("min_code_count", self.min_code_count >= 1, ">= 1"),
+            ("devices", self.devices >= 1, ">= 1"),
+        ]
+        for name, ok, valid in checks:
+            if not ok:
+                raise ConfigError(f"Config '{name}' = {getattr(self, name)!r} is invalid; it must be {valid}.")
+        if any(h <= 0 for h in self.horizons_days):
+            raise ConfigError(f"Config 'horizons_days' must be positive days; got {list(self.horizons_days)}.")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> TrajectoryConfig:
+        """Build from a (possibly nested by section) mapping; unknown keys raise with a suggestion."""
+        flat: dict[str, Any] = {}
+        for key, value in data.items():
+            if isinstance(value, dict) and key in ("model", "train", "training", "data"):
+                flat.update(value)
+            else:
+                flat[key] = value
+        names = {f.name for f in dataclasses.fields(cls)}
+        for key in flat:
+            if key not in names:
+                raise ConfigError(f"Unknown config key {key!r} in {source}.{did_you_mean(key, names)}")
+        for key in ("horizons_days", "outcomes"):
+            if flat.get(key) is not None:
+                flat[key] = tuple(flat[key])
+        try:
+            return cls(**flat)
+        except TypeError as err:
+            raise ConfigError(f"Invalid config in {source}: {err}") from err
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> TrajectoryConfig:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise ConfigError(f"Cannot read config file {str(path)!r}: {err}") from err
+        if not isinstance(data, dict):
+            raise ConfigError(f"Config file {str(path)!r} must hold a mapping, not {type(data).__name__}.")
+        return cls.from_dict(data, source=str(path))
+
+    def replace(self, **changes: Any) -> TrajectoryConfig:
+        return self.from_dict({**self.to_dict(), **changes}, source="overrides")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["horizons_days"] = list(self.horizons_days)
+        out["outcomes"] = list(self.outcomes) if self.outcomes is not None else None
+        return out
+
+
+Accelerator = Literal["cpu", "gpu", "auto"]

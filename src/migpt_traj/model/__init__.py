@@ -1,0 +1,1 @@
+"""migpt_traj.model"""
