@@ -19,7 +19,7 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["Backbone", "SinusoidalDays"]
+__all__ = ["Backbone", "SinusoidalDays", "last_values"]
 
 
 class SinusoidalDays(nn.Module):
@@ -69,9 +69,12 @@ class Backbone(nn.Module):
         self.value_dir = nn.Embedding(vocab_size, d_model, padding_idx=0)
         nn.init.normal_(self.value_dir.weight, std=0.1)
         self.modality = nn.Embedding(n_modalities, d_model, padding_idx=0)
-        self.days = SinusoidalDays(16)
+        # Periods from a week to ~55 years for times and gaps, from a year to 100 years for age: shorter periods
+        # would fingerprint subjects by their exact visit dates and invite memorisation.
+        self.days = SinusoidalDays(12, min_period=7.0, max_period=20_000.0)
+        self.age_days = SinusoidalDays(6, min_period=365.25, max_period=36_525.0)
         self.time_proj = nn.Linear(self.days.dim, d_model)
-        self.age_proj = nn.Linear(self.days.dim + 1, d_model)
+        self.age_proj = nn.Linear(self.age_days.dim + 1, d_model)
         self.gap_proj = nn.Linear(self.days.dim, d_model)
         self.image_proj = nn.Linear(image_dim, d_model) if image_dim > 0 else None
         self.note_proj = nn.Linear(note_dim, d_model) if note_dim > 0 else None
@@ -90,7 +93,7 @@ class Backbone(nn.Module):
         self.final_norm = nn.LayerNorm(d_model)
         # Readout.
         self.query_proj = nn.Sequential(
-            nn.Linear(2 * self.days.dim + self.days.dim + 1, d_model), nn.GELU(), nn.Linear(d_model, d_model)
+            nn.Linear(2 * self.days.dim + self.age_days.dim + 1, d_model), nn.GELU(), nn.Linear(d_model, d_model)
         )
         self.q = nn.Linear(d_model, d_model)
         self.k = nn.Linear(d_model, d_model)
@@ -106,7 +109,7 @@ class Backbone(nn.Module):
         x = x + self.time_proj(self.days(time))
         age = batch["age_years"]
         known = torch.isfinite(age)
-        age_feat = torch.cat([self.days(torch.where(known, age, 0.0) * 365.25), known.float().unsqueeze(-1)], dim=-1)
+        age_feat = torch.cat([self.age_days(torch.where(known, age, 0.0) * 365.25), known.float().unsqueeze(-1)], dim=-1)
         x = x + self.age_proj(age_feat)
         gap = torch.diff(time, dim=1, prepend=time[:, :1]).clamp(min=0.0)
         x = x + self.gap_proj(self.days(gap))
@@ -142,7 +145,7 @@ class Backbone(nn.Module):
         feats = torch.cat(
             [
                 self.days(q_days),
-                self.days(torch.where(known, age, 0.0) * 365.25),
+                self.age_days(torch.where(known, age, 0.0) * 365.25),
                 self.days((q_days - last_time).clamp(min=0.0)),
                 known.float().unsqueeze(-1),
             ],
@@ -165,3 +168,23 @@ class Backbone(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.readout(self.encode(batch), batch)
+
+
+def last_values(batch: dict[str, torch.Tensor], vocab_size: int) -> torch.Tensor:
+    """Last visible normalised value of every code at every query, and whether one exists: ``(Q, 2 * V)``.
+
+    The as-of "last observation carried forward" summary that a landmark Cox model would use, computed inside the
+    model from the same visible tokens (positions ``< q_visible``), so it obeys the same as-of rule.
+    """
+    qs = batch["q_sample"]
+    code = batch["code_id"][qs]  # (Q, L)
+    value = batch["value"][qs]
+    has = batch["has_value"][qs] > 0
+    pos = torch.arange(code.shape[1], device=code.device).expand_as(code)
+    usable = has & (pos < batch["q_visible"].unsqueeze(1))
+    marked = torch.where(usable, pos, torch.full_like(pos, -1))
+    last = torch.full((code.shape[0], vocab_size), -1, dtype=pos.dtype, device=code.device)
+    last = last.scatter_reduce(1, code, marked, reduce="amax", include_self=True)
+    present = last >= 0
+    picked = value.gather(1, last.clamp(min=0))
+    return torch.cat([torch.where(present, picked, 0.0), present.float()], dim=-1)

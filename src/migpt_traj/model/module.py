@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from migpt_traj.model.backbone import Backbone
+from migpt_traj.model.backbone import Backbone, last_values
 from migpt_traj.model.survival import cumulative_incidence, negative_log_likelihood
 
 __all__ = ["HazardHead", "TrajectoryModule", "bin_edges", "initial_log_hazard"]
@@ -92,6 +92,11 @@ class TrajectoryModule(pl_light.LightningModule):
             note_dim=note_dim,
         )
         self.head = HazardHead(d_model, n_causes, len(edges))
+        # Wide path: a proportional (Cox-like) term in the last visible value of every code, beside the deep
+        # state. Small cohorts learn the strong, simple signal here; the transformer adds what it cannot express.
+        self.wide = nn.Linear(2 * vocab_size, n_causes, bias=False)
+        nn.init.zeros_(self.wide.weight)
+        self.vocab_size = vocab_size
         self.register_buffer("edges", torch.tensor(edges, dtype=torch.float32))
         if init_log_hazard is not None:
             with torch.no_grad():
@@ -101,7 +106,8 @@ class TrajectoryModule(pl_light.LightningModule):
 
     def log_hazard(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """``(Q, K, J)`` log hazards per day at every query of the batch."""
-        return self.head(self.backbone(batch))
+        wide = self.wide(last_values(batch, self.vocab_size))  # (Q, K)
+        return self.head(self.backbone(batch)) + wide.unsqueeze(-1)
 
     def cif(self, batch: dict[str, torch.Tensor], horizons: torch.Tensor) -> torch.Tensor:
         """``(Q, K, H)`` cumulative incidence at ``horizons`` days after each query's prediction time."""
