@@ -3,6 +3,8 @@
 Longitudinal labs, imaging embeddings and clinical notes feed a time-aware transformer with competing-risk
 survival heads. See DESIGN.md for the data contract.
 
+The model layer (torch, Lightning) is imported on first use, so ``import migpt_traj`` stays light for data work.
+
 Example:
     >>> import migpt_traj as mt
     >>> cohort = mt.datasets.load_pbc2()
@@ -10,10 +12,18 @@ Example:
     312
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from migpt_traj import datasets, errors
-from migpt_traj.api import TrajectoryModel
-from migpt_traj.config import TrajectoryConfig
 from migpt_traj.data import CodeConventions, Cohort
+
+if TYPE_CHECKING:
+    from migpt_traj import encoders, evaluation
+    from migpt_traj.api import TrajectoryModel
+    from migpt_traj.config import TrajectoryConfig
 
 __version__ = "0.1.0"
 
@@ -24,5 +34,24 @@ __all__ = [
     "TrajectoryModel",
     "__version__",
     "datasets",
+    "encoders",
     "errors",
+    "evaluation",
 ]
+
+_LAZY = {
+    "TrajectoryModel": ("migpt_traj.api", "TrajectoryModel"),
+    "TrajectoryConfig": ("migpt_traj.config", "TrajectoryConfig"),
+    "encoders": ("migpt_traj.encoders", None),
+    "evaluation": ("migpt_traj.evaluation", None),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        module_name, attr = _LAZY[name]
+        module = importlib.import_module(module_name)
+        value = module if attr is None else getattr(module, attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'migpt_traj' has no attribute {name!r}")

@@ -81,12 +81,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         print(syn.describe())
     except ImportError:
         pass
-    config_path = Path(args.config) if args.config else None
-    model = (
-        TrajectoryModel.from_config(config_path, progress=not args.quiet)
-        if config_path
-        else TrajectoryModel(max_epochs=args.max_epochs, progress=not args.quiet, seed=0)
-    )
+    from migpt_traj.config import bundled_config_path
+
+    config_path = Path(args.config) if args.config else bundled_config_path("pbc2")
+    overrides: dict[str, object] = {"progress": not args.quiet}
+    if args.max_epochs is not None:
+        overrides["max_epochs"] = args.max_epochs
+    model = TrajectoryModel.from_config(config_path, **overrides)
+    print(f"Config: {config_path}")
     print(f"\nFitting on the PBC2 train split ({len(cohort.subject_ids('train'))} subjects) ...")
     model.fit(cohort)
     print(f"Best epoch {model.history['best_epoch']} (tuning NLL {model.history['best_val_loss']:.4f}).")
@@ -148,8 +150,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="fit on the bundled PBC2 cohort and predict, end to end")
-    demo.add_argument("--config", default=None, help="YAML config (default: built-in settings)")
-    demo.add_argument("--max-epochs", type=int, default=30)
+    demo.add_argument("--config", default=None, help="YAML config (default: the bundled configs/pbc2.yaml)")
+    demo.add_argument("--max-epochs", type=int, default=None)
     demo.add_argument("--out", default=None, help="folder for the model and predictions")
     demo.add_argument("--quiet", action="store_true")
     demo.set_defaults(func=_cmd_demo)

@@ -11,7 +11,7 @@ import yaml
 
 from migpt_traj.errors import ConfigError, did_you_mean
 
-__all__ = ["TrajectoryConfig"]
+__all__ = ["TrajectoryConfig", "bundled_config_path"]
 
 
 @dataclass(frozen=True)
@@ -126,3 +126,13 @@ class TrajectoryConfig:
 
 
 Accelerator = Literal["cpu", "gpu", "auto"]
+
+
+def bundled_config_path(name: Literal["pbc2", "synthetic"]) -> Path:
+    """Path of a YAML config shipped with the package (the same files as the repository's ``configs/``)."""
+    from importlib.resources import files
+
+    path = Path(str(files("migpt_traj") / "configs" / f"{name}.yaml"))
+    if not path.is_file():
+        raise ConfigError(f"No bundled config {name!r}; valid names are 'pbc2' and 'synthetic'.")
+    return path

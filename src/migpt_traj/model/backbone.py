@@ -38,6 +38,27 @@ class SinusoidalDays(nn.Module):
         return torch.cat([arg.sin(), arg.cos()], dim=-1)
 
 
+class CausalBlock(nn.Module):
+    """Pre-norm transformer block with causal self-attention (no attention dropout) and a GELU MLP."""
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.norm1 = nn.LayerNorm(d_model)
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.proj = nn.Linear(d_model, d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.mlp = nn.Sequential(nn.Linear(d_model, 4 * d_model), nn.GELU(), nn.Linear(4 * d_model, d_model))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, length, d = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(b, length, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
+        att = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.drop(self.proj(att.transpose(1, 2).reshape(b, length, d)))
+        return x + self.drop(self.mlp(self.norm2(x)))
+
+
 class Backbone(nn.Module):
     """Embeds tokens, runs causal attention, and reads out the state at prediction times.
 
@@ -80,16 +101,7 @@ class Backbone(nn.Module):
         self.note_proj = nn.Linear(note_dim, d_model) if note_dim > 0 else None
         self.embed_norm = nn.LayerNorm(d_model)
         self.embed_drop = nn.Dropout(dropout)
-        layer = nn.TransformerEncoderLayer(
-            d_model,
-            n_heads,
-            dim_feedforward=4 * d_model,
-            dropout=dropout,
-            batch_first=True,
-            norm_first=True,
-            activation="gelu",
-        )
-        self.encoder = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
+        self.blocks = nn.ModuleList(CausalBlock(d_model, n_heads, dropout) for _ in range(n_layers))
         self.final_norm = nn.LayerNorm(d_model)
         # Readout.
         self.query_proj = nn.Sequential(
@@ -109,7 +121,9 @@ class Backbone(nn.Module):
         x = x + self.time_proj(self.days(time))
         age = batch["age_years"]
         known = torch.isfinite(age)
-        age_feat = torch.cat([self.age_days(torch.where(known, age, 0.0) * 365.25), known.float().unsqueeze(-1)], dim=-1)
+        age_feat = torch.cat(
+            [self.age_days(torch.where(known, age, 0.0) * 365.25), known.float().unsqueeze(-1)], dim=-1
+        )
         x = x + self.age_proj(age_feat)
         gap = torch.diff(time, dim=1, prepend=time[:, :1]).clamp(min=0.0)
         x = x + self.gap_proj(self.days(gap))
@@ -121,11 +135,11 @@ class Backbone(nn.Module):
 
     def encode(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Hidden states ``(B, L, d)``; position ``i`` depends only on tokens ``<= i`` (causal)."""
-        x = self.embed(batch)
-        length = x.shape[1]
-        causal = torch.triu(torch.full((length, length), float("-inf"), device=x.device), diagonal=1)
-        pad = batch["code_id"] == 0
-        h = self.encoder(x, mask=causal, src_key_padding_mask=pad, is_causal=True)
+        # Right padding + causal attention: a real token only ever sees earlier real tokens, so no padding mask
+        # is needed (padded positions are never read), and the fused causal attention kernel applies.
+        h = self.embed(batch)
+        for block in self.blocks:
+            h = block(h)
         return self.final_norm(h)
 
     # ------------------------------------------------------------------ readout
@@ -133,9 +147,9 @@ class Backbone(nn.Module):
         """State at each query ``(Q, d)`` from the hidden states of the tokens visible at that query."""
         qs = batch["q_sample"]
         visible = batch["q_visible"]
-        h = hidden[qs]  # (Q, L, d)
-        n_q, length, d = h.shape
-        pos = torch.arange(length, device=h.device)
+        n_q = qs.shape[0]
+        _, length, d = hidden.shape
+        pos = torch.arange(length, device=hidden.device)
         mask = pos.unsqueeze(0) < visible.unsqueeze(1)  # (Q, L)
         q_days = batch["q_days"]
         token_time = batch["time_days"][qs]
@@ -155,15 +169,16 @@ class Backbone(nn.Module):
         heads = self.n_heads
         hd = d // heads
         qv = self.q(query).view(n_q, heads, hd)
-        kv = self.k(h).view(n_q, length, heads, hd)
-        vv = self.v(h).view(n_q, length, heads, hd)
-        logits = torch.einsum("qhd,qlhd->qhl", qv, kv) / math.sqrt(hd)
+        # Project once per sample, then gather per query (queries outnumber samples).
+        kv = self.k(hidden).view(-1, length, heads, hd)
+        vv = self.v(hidden).view(-1, length, heads, hd)
+        logits = torch.einsum("qhd,qlhd->qhl", qv, kv[qs]) / math.sqrt(hd)
         before = torch.log1p((q_days.unsqueeze(1) - token_time).clamp(min=0.0))  # (Q, L)
         logits = logits - nn.functional.softplus(self.decay).view(1, heads, 1) * before.unsqueeze(1)
         logits = logits.masked_fill(~mask.unsqueeze(1), float("-inf"))
         attn = logits.softmax(dim=-1)
-        pooled = torch.einsum("qhl,qlhd->qhd", attn, vv).reshape(n_q, d)
-        last = h.gather(1, (visible - 1).view(-1, 1, 1).expand(-1, 1, d)).squeeze(1)
+        pooled = torch.einsum("qhl,qlhd->qhd", attn, vv[qs]).reshape(n_q, d)
+        last = hidden[qs, visible - 1]
         return self.out(torch.cat([pooled, last, query], dim=-1))
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
