@@ -20,7 +20,7 @@ from migpt_traj.data.cohort import Cohort, Split
 from migpt_traj.data.datamodule import TokenDataset, TrajectoryDataModule, collate_tokens
 from migpt_traj.data.preprocess import Preprocessor
 from migpt_traj.data.tensorize import TokenTable, tensorize, training_queries
-from migpt_traj.errors import ConfigError, ModelStateError, OutcomeError
+from migpt_traj.errors import ConfigError, ModelStateError, OutcomeError, SchemaError
 from migpt_traj.model.module import TrajectoryModule, bin_edges, initial_log_hazard
 from migpt_traj.model.survival import survival_function
 
@@ -139,6 +139,8 @@ class TrajectoryModel:
             note_dim=self.note_dim,
             lr=cfg.lr,
             weight_decay=cfg.weight_decay,
+            rank_weight=cfg.rank_weight,
+            rank_sigma=cfg.rank_sigma,
         )
         data = TrajectoryDataModule(train, tables["tuning"], batch_size=cfg.batch_size, seed=cfg.seed)
         best = _BestWeights()
@@ -185,6 +187,19 @@ class TrajectoryModel:
     def _tensorize(self, cohort: Cohort, samples: pl.DataFrame, *, queries: pl.DataFrame | None = None) -> TokenTable:
         assert self.preprocessor is not None
         embedder = self._note_embedder(cohort) if self.note_identity is not None else None
+        if embedder is not None and embedder.identity != self.note_identity:
+            raise ConfigError(
+                f"The note encoder {self.config.note_model!r} has identity {embedder.identity}, but this model was "
+                f"trained with {self.note_identity}; use the same encoder (model files, pooling, max_length)."
+            )
+        dim = self.preprocessor.image_dim
+        if dim and "embedding" in cohort.events.columns:
+            lengths = cohort.events.select(pl.col("embedding").list.len().drop_nulls().unique())["embedding"]
+            odd = [int(n) for n in lengths.to_list() if int(n) != dim]
+            if odd:
+                raise SchemaError(
+                    f"Column 'embedding' has vectors of length {odd[0]}; this model was trained on length {dim}."
+                )
         return tensorize(
             cohort,
             samples,

@@ -74,7 +74,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(cohort)
     print(cohort.describe())
     try:
-        from migpt_traj.datasets import make_synthetic  # type: ignore[attr-defined]
+        from migpt_traj.datasets import make_synthetic
 
         syn = make_synthetic(n_subjects=500, seed=0)
         print(syn)

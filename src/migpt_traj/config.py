@@ -20,7 +20,8 @@ class TrajectoryConfig:
 
     Model: ``d_model``, ``n_layers``, ``n_heads``, ``dropout``, ``n_bins`` (piecewise-exponential time bins at
     train event-time quantiles), ``max_len`` (tokens per sequence, start token included).
-    Training: ``max_epochs``, ``batch_size``, ``lr``, ``weight_decay``, ``patience`` (early stopping on the
+    Training: ``max_epochs``, ``batch_size``, ``lr``, ``weight_decay``, ``rank_weight`` and ``rank_sigma``
+    (Dynamic-DeepHit's ranking term added to the likelihood; 0 = likelihood only), ``patience`` (early stopping on the
     tuning split's loss), ``seed``, ``deterministic``, ``extra_queries_per_subject`` (random prediction times per
     train subject besides every event time), ``accelerator``, ``devices``, ``strategy``, ``progress``.
     Data: ``min_code_count`` (rarer train codes map to unknown), ``use_notes``, ``use_images``, ``note_model``
@@ -40,6 +41,8 @@ class TrajectoryConfig:
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 1e-2
+    rank_weight: float = 0.0
+    rank_sigma: float = 0.1
     patience: int = 5
     seed: int = 0
     deterministic: bool = True
@@ -73,6 +76,8 @@ class TrajectoryConfig:
             ("batch_size", self.batch_size >= 1, ">= 1"),
             ("lr", self.lr > 0, "> 0"),
             ("weight_decay", self.weight_decay >= 0, ">= 0"),
+            ("rank_weight", self.rank_weight >= 0, ">= 0"),
+            ("rank_sigma", self.rank_sigma > 0, "> 0"),
             ("patience", self.patience >= 1, ">= 1"),
             ("extra_queries_per_subject", self.extra_queries_per_subject >= 0, ">= 0"),
             ("min_code_count", self.min_code_count >= 1, ">= 1"),

@@ -39,6 +39,38 @@ def initial_log_hazard(durations: np.ndarray, causes: np.ndarray, edges: np.ndar
     return out.astype(np.float32)
 
 
+def ranking_loss(
+    log_hazard: torch.Tensor,
+    edges: torch.Tensor,
+    duration: torch.Tensor,
+    cause: torch.Tensor,
+    sample: torch.Tensor,
+    *,
+    sigma: float,
+) -> torch.Tensor:
+    """Dynamic-DeepHit's cause-specific ranking term, on the cumulative incidence from the hazards.
+
+    For every acceptable pair (query ``i`` has cause ``k`` at ``T_i``, query ``j`` of another sequence is still
+    event-free after ``T_i``), penalise ``exp(-(CIF_k,i(T_i) - CIF_k,j(T_i)) / sigma)``; averaged over pairs (0 when
+    the batch has none). It sharpens discrimination; the likelihood keeps the risks calibrated.
+    """
+    events = (cause > 0).nonzero().squeeze(1)
+    if events.numel() == 0:
+        return log_hazard.sum() * 0.0
+    cif = cumulative_incidence(log_hazard, edges, duration[events])  # (Q, K, E)
+    k = cause[events] - 1
+    cols = torch.arange(events.numel(), device=cif.device)
+    f = cif[:, k, cols]  # (Q, E): CIF of event e's cause at event e's time, for every query
+    own = f[events, cols]  # (E,)
+    acceptable = (duration.unsqueeze(1) > duration[events].unsqueeze(0)) & (
+        sample.unsqueeze(1) != sample[events].unsqueeze(0)
+    )
+    if not bool(acceptable.any()):
+        return log_hazard.sum() * 0.0
+    penalty = torch.exp(-(own.unsqueeze(0) - f) / sigma)
+    return penalty[acceptable].mean()
+
+
 class HazardHead(nn.Module):
     """State ``(Q, d)`` → log hazards ``(Q, K, J)``; a per-(cause, bin) bias holds the baseline hazard."""
 
@@ -79,6 +111,8 @@ class TrajectoryModule(pl_light.LightningModule):
         note_dim: int = 0,
         lr: float = 1e-3,
         weight_decay: float = 1e-2,
+        rank_weight: float = 0.0,
+        rank_sigma: float = 0.1,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -103,6 +137,8 @@ class TrajectoryModule(pl_light.LightningModule):
                 self.head.bias.copy_(torch.tensor(init_log_hazard, dtype=torch.float32))
         self.lr = lr
         self.weight_decay = weight_decay
+        self.rank_weight = rank_weight
+        self.rank_sigma = rank_sigma
 
     def log_hazard(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """``(Q, K, J)`` log hazards per day at every query of the batch."""
@@ -116,10 +152,18 @@ class TrajectoryModule(pl_light.LightningModule):
     def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
         labelled = batch["q_cause"] >= 0
         lh = self.log_hazard(batch)[labelled]
-        nll = negative_log_likelihood(lh, self.edges, batch["q_duration"][labelled], batch["q_cause"][labelled])
+        duration = batch["q_duration"][labelled]
+        cause = batch["q_cause"][labelled]
+        nll = negative_log_likelihood(lh, self.edges, duration, cause)
         n = int(labelled.sum())
-        # Per-query NLL; an empty batch contributes a zero that still carries the graph.
-        return (nll.sum() / max(n, 1)) if n else lh.sum() * 0.0, n
+        if n == 0:  # an empty batch contributes a zero that still carries the graph
+            return lh.sum() * 0.0, 0
+        loss = nll.sum() / n
+        if self.rank_weight > 0:
+            loss = loss + self.rank_weight * ranking_loss(
+                lh, self.edges, duration, cause, batch["q_sample"][labelled], sigma=self.rank_sigma
+            )
+        return loss, n
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, n = self._loss(batch)
