@@ -33,3 +33,8 @@ __all__ = [
     "kaplan_meier",
     "net_benefit",
 ]
+
+# Classical landmark baselines (Null / Cox / RSF) with the TrajectoryModel.predict_risk contract.
+from migpt_traj.evaluation.baselines import LandmarkCox, LandmarkRSF, NullModel
+
+__all__ += ["LandmarkCox", "LandmarkRSF", "NullModel"]

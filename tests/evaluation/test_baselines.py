@@ -1,0 +1,385 @@
+"""Tests of migpt_traj.evaluation.baselines: NullModel, LandmarkCox, LandmarkRSF and their as-of features.
+
+References: our Aalen–Johansen and scikit-survival's ``cumulative_incidence_competing_risks`` (NullModel), lifelines'
+``CoxPHFitter`` fitted directly on the same design (coefficients, survival), scikit-survival's forest fitted
+directly (RSF), a closed-form competing-exponential cumulative incidence, and hand-computed features.
+"""
+
+from __future__ import annotations
+
+import ast
+import datetime as dt
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from migpt_traj.data.cohort import Cohort
+from migpt_traj.errors import ConfigError, ModelStateError, OutcomeError
+from migpt_traj.evaluation import aalen_johansen, cumulative_dynamic_auc
+from migpt_traj.evaluation.baselines import (
+    FeatureVocabulary,
+    LandmarkCox,
+    LandmarkRSF,
+    NullModel,
+    _CauseHazard,
+    _competing_cif,
+    raw_features,
+)
+
+lifelines = pytest.importorskip("lifelines")
+pd = pytest.importorskip("pandas")
+
+LANDMARKS = (100.0, 300.0)
+HORIZONS = (90.0, 200.0, 400.0, 700.0)
+RISK_COLUMNS = ["subject_id", "prediction_time", "landmark_days", "event", "horizon_days", "risk"]
+
+
+@pytest.fixture(scope="module")
+def cohort(tiny) -> Cohort:
+    return tiny.cohort(150, seed=3)
+
+
+@pytest.fixture(scope="module")
+def single(tiny) -> Cohort:
+    """Death as the only outcome (transplants are plain events that end follow-up: censored)."""
+    return Cohort.from_events(tiny.events(150, seed=4), outcomes=["MEDS_DEATH"], splits=tiny.splits(150))
+
+
+@pytest.fixture(scope="module")
+def cox(cohort: Cohort) -> LandmarkCox:
+    return LandmarkCox(landmarks=LANDMARKS).fit(cohort)
+
+
+def _codes(labels: pl.DataFrame, outcomes: tuple[str, ...]) -> np.ndarray:
+    return np.array([0 if e is None else outcomes.index(e) + 1 for e in labels["event"].to_list()])
+
+
+def _risk(frame: pl.DataFrame, *, landmark: float, event: str, horizon: float) -> pl.DataFrame:
+    return frame.filter(
+        (pl.col("landmark_days") == landmark) & (pl.col("event") == event) & (pl.col("horizon_days") == horizon)
+    )
+
+
+# ------------------------------------------------------------------ NullModel
+
+
+def test_null_model_equals_aalen_johansen_of_train_labels(cohort: Cohort) -> None:
+    sksurv_np = pytest.importorskip("sksurv.nonparametric")
+    pred = (
+        NullModel(landmarks=LANDMARKS)
+        .fit(cohort)
+        .predict_risk(cohort, landmarks=LANDMARKS, horizons=HORIZONS, split="held_out")
+    )
+    assert pred.columns == RISK_COLUMNS
+    for s in LANDMARKS:
+        train = cohort.labels(landmarks=[s], split="train")
+        t, e = train["duration_days"].to_numpy(), _codes(train, cohort.outcomes)
+        held = cohort.labels(landmarks=[s], split="held_out")
+        times, cif = sksurv_np.cumulative_incidence_competing_risks(e, t)
+        for k, outcome in enumerate(cohort.outcomes, start=1):
+            expected = aalen_johansen(t, e, cause=k, times=HORIZONS)
+            reference = cif[k][np.searchsorted(times, HORIZONS, side="right") - 1]
+            np.testing.assert_allclose(expected, reference, atol=1e-12)
+            for h, value in zip(HORIZONS, expected, strict=True):
+                got = _risk(pred, landmark=s, event=outcome, horizon=h)
+                assert got.height == held.height  # every held-out subject at risk, same risk for all
+                np.testing.assert_allclose(got["risk"].to_numpy(), value, atol=1e-12)
+
+
+# ------------------------------------------------------------------ LandmarkCox against lifelines
+
+
+def test_cox_equals_lifelines_on_the_same_design(single: Cohort) -> None:
+    s = 200.0
+    model = LandmarkCox(landmarks=[s], penalizer=0.05).fit(single)
+    design = model.design(single, landmark=s, split="train")
+    labels = single.labels(landmarks=[s], split="train")
+    assert design.select("subject_id", "prediction_time").equals(labels.select("subject_id", "prediction_time"))
+    features = design.drop("subject_id", "prediction_time")
+    frame = features.to_pandas().assign(T=labels["duration_days"].to_numpy(), E=labels["event"].is_not_null())
+    cph = lifelines.CoxPHFitter(penalizer=0.05).fit(frame, duration_col="T", event_col="E")
+    coefs = model.coefficients(s)
+    assert coefs["feature"].to_list() == features.columns
+    np.testing.assert_allclose(coefs["coef"].to_numpy(), cph.params_.to_numpy(), atol=1e-6)
+
+    held = model.design(single, landmark=s, split="held_out")
+    grid = cph.timeline[(cph.timeline > 0) & (cph.timeline < 1000)][::7]  # lifelines is exact on its own timeline
+    expected = cph.predict_survival_function(held.drop("subject_id", "prediction_time").to_pandas(), times=grid)
+    pred = model.predict_risk(single, landmarks=[s], horizons=grid.tolist(), split="held_out")
+    got = pred.sort("subject_id", "horizon_days")["risk"].to_numpy().reshape(held.height, grid.size)
+    np.testing.assert_allclose(got, 1.0 - expected.to_numpy().T, atol=1e-6)
+    surv = model.predict_survival(single, landmarks=[s], times=grid.tolist(), split="held_out")
+    np.testing.assert_allclose(surv["survival"].to_numpy().reshape(held.height, grid.size), 1.0 - got, atol=1e-12)
+
+
+def test_competing_cif_equals_closed_form_for_constant_hazards() -> None:
+    """Two causes with constant hazards (jumps on a fine common grid): CIF_1 = l1/(l1+l2) (1 - exp(-(l1+l2) h))."""
+    grid = np.arange(1.0, 1001.0)
+    l1, l2 = 1 / 300, 1 / 700
+    x = np.array([[0.0], [np.log(2.0)]])  # the second subject has twice the cause-1 hazard
+    hazards = [
+        _CauseHazard(np.array([1.0]), grid, np.full(grid.size, l1)),
+        _CauseHazard(np.array([0.0]), grid, np.full(grid.size, l2)),
+    ]
+    horizons = np.array([0.5, 10.0, 365.0, 1000.0, 5000.0])
+    cif, surv = _competing_cif(hazards, x, horizons)
+    n_jumps = np.minimum(np.floor(horizons), 1000.0)
+    for i, a in enumerate((l1, 2 * l1)):
+        total = a + l2
+        np.testing.assert_allclose(cif[i, 0], a / total * (1 - np.exp(-total * n_jumps)), rtol=1e-12)
+        np.testing.assert_allclose(cif[i, 1], l2 / total * (1 - np.exp(-total * n_jumps)), rtol=1e-12)
+        np.testing.assert_allclose(surv[i], np.exp(-total * n_jumps), rtol=1e-12)
+    assert cif[0, 0, 0] == 0.0 and surv[0, 0] == 1.0  # before the first jump
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 3), st.integers(1, 6))
+@example(seed=4038997, n_causes=2, n_features=1)  # no cause has events: zero incidence, survival 1
+def test_competing_cif_sums_with_survival_to_one_and_is_monotone(seed: int, n_causes: int, n_features: int) -> None:
+    rng = np.random.default_rng(seed)
+    hazards = [
+        _CauseHazard(
+            rng.normal(size=n_features),
+            np.sort(rng.choice(2000, 30, replace=False)).astype(np.float64) + 0.5,
+            rng.gamma(1, 0.05, 30),
+        )
+        if rng.random() > 0.2
+        else None
+        for _ in range(n_causes)
+    ]
+    x = rng.normal(size=(20, n_features)) * 2
+    horizons = np.sort(rng.uniform(0, 2500, 12))
+    cif, surv = _competing_cif(hazards, x, horizons)
+    assert np.all(cif >= 0) and np.all(np.diff(cif, axis=2) >= -1e-15) and np.all(np.diff(surv, axis=1) <= 1e-15)
+    np.testing.assert_allclose(cif.sum(axis=1) + surv, 1.0, atol=1e-12)
+    for k, hz in enumerate(hazards):
+        if hz is None:
+            assert not cif[:, k].any()
+
+
+def test_cox_risk_frame_sums_and_monotone(cohort: Cohort, cox: LandmarkCox) -> None:
+    pred = cox.predict_risk(cohort, landmarks=LANDMARKS, horizons=HORIZONS, split="held_out")
+    surv = cox.predict_survival(cohort, landmarks=LANDMARKS, times=HORIZONS, split="held_out")
+    assert pred.columns == RISK_COLUMNS and pred["risk"].is_between(0, 1).all()
+    assert pred.group_by("subject_id", "landmark_days", "event").agg(pl.col("risk").diff().min() >= 0)["risk"].all()
+    total = pred.group_by("subject_id", "landmark_days", "horizon_days").agg(pl.col("risk").sum())
+    joined = total.join(
+        surv.rename({"time_days": "horizon_days"}), on=["subject_id", "landmark_days", "horizon_days"], validate="1:1"
+    )
+    assert joined.height == total.height == surv.height
+    assert (joined["risk"] + joined["survival"]).max() <= 1 + 1e-12  # type: ignore[operator]
+    np.testing.assert_allclose((joined["risk"] + joined["survival"]).to_numpy(), 1.0, atol=1e-12)
+    held = [cohort.labels(landmarks=[s], split="held_out").height for s in LANDMARKS]
+    assert pred.height == sum(held) * len(cohort.outcomes) * len(HORIZONS)
+
+
+# ------------------------------------------------------------------ as-of features and train-only statistics
+
+
+def test_raw_features_by_hand(tiny) -> None:
+    at, lag = tiny.at, dt.timedelta(days=30)
+    rows = [
+        {"subject_id": 1, "code": "SEX//female"},
+        {"subject_id": 1, "time": at(-365.25 * 50), "code": "MEDS_BIRTH"},
+        {"subject_id": 1, "time": at(0), "code": "TREATMENT//drug"},
+        {"subject_id": 1, "time": at(0), "code": "LAB//a", "numeric_value": 1.0},
+        {"subject_id": 1, "time": at(40), "code": "LAB//a", "numeric_value": 2.0},
+        {"subject_id": 1, "time": at(80), "code": "LAB//a", "numeric_value": 9.0, "available_time": at(80) + lag},
+        {"subject_id": 1, "time": at(90), "code": "LAB//b", "numeric_value": 7.0},
+        {"subject_id": 1, "time": at(150), "code": "LAB//a", "numeric_value": 5.0},
+        {"subject_id": 1, "time": at(160), "code": "TREATMENT//other"},
+        {"subject_id": 1, "time": at(400), "code": "MEDS_DEATH"},
+        {"subject_id": 2, "time": at(10), "code": "LAB//a", "numeric_value": 3.0},
+        {"subject_id": 2, "time": at(300), "code": "TREATMENT//other"},
+        {"subject_id": 2, "time": at(500), "code": "END_OF_FOLLOWUP"},
+    ]
+    c = Cohort.from_events(tiny.event_frame(rows), splits={1: "train", 2: "train"})
+    vocab = FeatureVocabulary.from_train(c)
+    assert (vocab.numeric, vocab.static, vocab.treatment) == (
+        ("LAB//a", "LAB//b"),
+        ("SEX//female",),
+        ("TREATMENT//drug", "TREATMENT//other"),
+    )
+    samples = pl.DataFrame({"subject_id": [2, 1, 1], "prediction_time": [at(100), at(100), at(115)]})
+    raw = raw_features(c, samples, vocab)
+    # subject 1 at day 100: LAB//a at day 80 is only available at day 110, so the day-40 value; at day 115 it is
+    expected: dict[str, list[float | None]] = {
+        "subject_id": [2, 1, 1],
+        "LAB//a": [3.0, 2.0, 9.0],
+        "LAB//b": [None, 7.0, 7.0],
+        "age_years": [None, 50 + 100 / 365.25, 50 + 115 / 365.25],
+        "days_since_last_measurement": [90.0, 10.0, 25.0],
+        "SEX//female": [0.0, 1.0, 1.0],
+        "TREATMENT//drug": [0.0, 1.0, 1.0],
+        "TREATMENT//other": [0.0, 0.0, 0.0],
+    }
+    assert raw.columns == ["subject_id", "prediction_time", *list(expected)[1:]]
+    assert raw["prediction_time"].to_list() == samples["prediction_time"].to_list()
+    got = raw.to_dict(as_series=False)
+    for key, values in expected.items():
+        assert [v is None for v in got[key]] == [v is None for v in values], key
+        assert [v for v in got[key] if v is not None] == pytest.approx([v for v in values if v is not None]), key
+
+
+def _sorted(events: pl.DataFrame) -> pl.DataFrame:
+    return events.sort("subject_id", "time", maintain_order=True)  # static rows (null time) first
+
+
+def _perturbed_after(cohort: Cohort, landmark: float, tiny) -> Cohort:
+    """Values after the landmark scaled by 10, plus late-available extreme labs timed before it."""
+    ev = cohort.events.join(cohort.subjects.select("subject_id", "time_zero"), on="subject_id")
+    cut = pl.col("time_zero") + pl.duration(days=landmark)
+    changed = ev.with_columns(
+        numeric_value=pl.when(pl.col("time") > cut).then(pl.col("numeric_value") * 10).otherwise("numeric_value")
+    ).drop("time_zero")
+    at_risk = cohort.labels(landmarks=[landmark]).join(cohort.subjects, on="subject_id")
+    late = at_risk.select(
+        "subject_id",
+        time=pl.col("prediction_time") - pl.duration(days=1),
+        code=pl.lit("LAB//a"),
+        numeric_value=pl.lit(1e6, dtype=pl.Float32),
+        available_time=pl.col("prediction_time") + pl.duration(days=5),
+    )
+    return cohort.with_events(_sorted(pl.concat([changed, late], how="diagonal_relaxed")))
+
+
+def test_features_and_fit_unchanged_by_events_after_the_landmark(cohort: Cohort, cox: LandmarkCox, tiny) -> None:
+    s = LANDMARKS[0]
+    other = _perturbed_after(cohort, s, tiny)
+    assert not other.events.equals(cohort.events)
+    refit = LandmarkCox(landmarks=[s]).fit(other)
+    assert refit.specs[s] == cox.specs[s]
+    assert refit.coefficients(s).equals(cox.coefficients(s))
+    for split in ("train", "held_out"):
+        assert refit.design(other, landmark=s, split=split).equals(cox.design(cohort, landmark=s, split=split))
+    a = cox.predict_risk(cohort, landmarks=[s], horizons=HORIZONS, split="held_out")
+    b = refit.predict_risk(other, landmarks=[s], horizons=HORIZONS, split="held_out")
+    assert a.equals(b)
+
+
+def test_nothing_from_tuning_or_held_out_reaches_the_fit(cohort: Cohort, cox: LandmarkCox, tiny) -> None:
+    """Tuning/held-out values scaled by 1000, plus codes only they have: same statistics, same model."""
+    others = cohort.splits.filter(pl.col("split") != "train")["subject_id"].implode()
+    ev = cohort.events.with_columns(
+        numeric_value=pl.when(pl.col("subject_id").is_in(others))
+        .then(pl.col("numeric_value") * 1000)
+        .otherwise("numeric_value")
+    )
+    first = cohort.subjects.filter(pl.col("split") == "held_out").row(0, named=True)
+    extra = tiny.event_frame(
+        [
+            {"subject_id": first["subject_id"], "code": "SEX//other"},
+            {"subject_id": first["subject_id"], "time": first["time_zero"], "code": "LAB//new", "numeric_value": 4.0},
+        ]
+    )
+    changed = cohort.with_events(_sorted(pl.concat([ev, extra], how="diagonal_relaxed")))
+    refit = LandmarkCox(landmarks=LANDMARKS).fit(changed)
+    rsf_a = LandmarkRSF(landmarks=LANDMARKS[:1], n_estimators=20).fit(cohort)
+    rsf_b = LandmarkRSF(landmarks=LANDMARKS[:1], n_estimators=20).fit(changed)
+    for s in LANDMARKS:
+        assert refit.specs[s] == cox.specs[s]
+        assert refit.coefficients(s).equals(cox.coefficients(s))
+    assert rsf_a.specs == rsf_b.specs
+    train_a = rsf_a.predict_risk(cohort, landmarks=LANDMARKS[:1], horizons=HORIZONS, split="train")
+    assert train_a.equals(rsf_b.predict_risk(changed, landmarks=LANDMARKS[:1], horizons=HORIZONS, split="train"))
+    # the fit really reads the train values: scaling them changes the statistics
+    train_ids = cohort.splits.filter(pl.col("split") == "train")["subject_id"].implode()
+    scaled = cohort.with_events(
+        cohort.events.with_columns(
+            numeric_value=pl.when(pl.col("subject_id").is_in(train_ids) & (pl.col("code") == "LAB//a"))
+            .then(pl.col("numeric_value") * 3)
+            .otherwise("numeric_value")
+        )
+    )
+    assert LandmarkCox(landmarks=LANDMARKS[:1]).fit(scaled).specs[LANDMARKS[0]] != cox.specs[LANDMARKS[0]]
+
+
+# ------------------------------------------------------------------ LandmarkRSF
+
+
+def test_rsf_equals_a_forest_fitted_directly(cohort: Cohort) -> None:
+    ensemble = pytest.importorskip("sksurv.ensemble")
+    util = pytest.importorskip("sksurv.util")
+    s = LANDMARKS[0]
+    model = LandmarkRSF(landmarks=[s], n_estimators=30, min_samples_leaf=5, random_state=1).fit(cohort)
+    train = model.design(cohort, landmark=s, split="train")
+    labels = cohort.labels(landmarks=[s], split="train")
+    y = util.Surv.from_arrays(_codes(labels, cohort.outcomes) == 1, labels["duration_days"].to_numpy())
+    forest = ensemble.RandomSurvivalForest(
+        n_estimators=30, min_samples_leaf=5, max_features="sqrt", random_state=1, n_jobs=1
+    ).fit(train.drop("subject_id", "prediction_time").to_numpy(), y)
+    held = model.design(cohort, landmark=s, split="held_out").drop("subject_id", "prediction_time").to_numpy()
+    surv = forest.predict_survival_function(held, return_array=True)
+    idx = np.searchsorted(forest.unique_times_, HORIZONS, side="right") - 1
+    pred = model.predict_risk(cohort, landmarks=[s], horizons=HORIZONS, split="held_out")
+    assert pred.columns == RISK_COLUMNS and set(pred["event"]) == {cohort.primary_outcome}
+    got = pred["risk"].to_numpy().reshape(held.shape[0], len(HORIZONS))
+    np.testing.assert_allclose(got, 1.0 - surv[:, idx], atol=1e-12)
+
+
+def test_sksurv_is_imported_only_inside_functions() -> None:
+    """scikit-survival is GPL: no module-level import of it (nor of lifelines) in the baselines module."""
+    import migpt_traj.evaluation.baselines as module
+
+    tree = ast.parse(Path(module.__file__ or "").read_text())
+    top = [n for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom)]
+    names = {a.name for n in top if isinstance(n, ast.Import) for a in n.names}
+    names |= {n.module or "" for n in top if isinstance(n, ast.ImportFrom)}
+    assert "numpy" in names and not any(m.split(".")[0] in {"sksurv", "lifelines"} for m in names)
+    nested = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} - names
+    assert {"sksurv.ensemble", "lifelines"} <= nested
+
+
+# ------------------------------------------------------------------ failure paths
+
+
+def test_failure_paths(cohort: Cohort, cox: LandmarkCox) -> None:
+    with pytest.raises(ModelStateError, match="not fitted"):
+        LandmarkCox(landmarks=[100]).predict_risk(cohort, landmarks=[100], horizons=[30])
+    with pytest.raises(ModelStateError, match=r"fitted at landmarks \[100.0, 300.0\] days, not at 200"):
+        cox.predict_risk(cohort, landmarks=[200], horizons=[30])
+    with pytest.raises(ConfigError, match="'horizons' must be a non-empty list of finite days >= 0"):
+        cox.predict_risk(cohort, landmarks=[100], horizons=[-1.0])
+    with pytest.raises(ConfigError, match="'landmarks' must be a sequence of days; got the string"):
+        NullModel(landmarks="1y")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="'landmarks' must be a non-empty list"):
+        NullModel(landmarks=[float("nan")])
+    with pytest.raises(ConfigError, match="penalizer >= 0 and l1_ratio in"):
+        LandmarkCox(penalizer=-1.0)
+    with pytest.raises(ConfigError, match="n_estimators >= 1"):
+        LandmarkRSF(n_estimators=0)
+    with pytest.raises(ConfigError, match="no train subject is at risk at landmark 100000 days"):
+        NullModel(landmarks=[100, 100_000]).fit(cohort)
+    with pytest.raises(OutcomeError, match=r"fitted for outcomes \['MEDS_DEATH', 'TRANSPLANT'\]; the cohort has"):
+        cox.predict_risk(Cohort.from_events(cohort.events, splits=cohort.splits), landmarks=[100], horizons=[30])
+    with pytest.raises(ModelStateError, match="uses no features"):
+        NullModel(landmarks=[100]).fit(cohort).design(cohort, landmark=100)
+
+
+# ------------------------------------------------------------------ PBC2
+
+
+def test_pbc2_landmark_cox_discriminates() -> None:
+    from migpt_traj.datasets import load_pbc2
+
+    start = time.perf_counter()
+    pbc = load_pbc2(split_seed=0)
+    s, h = 365.25, 1095.75
+    pred = LandmarkCox(landmarks=[s]).fit(pbc).predict_risk(pbc, landmarks=[s], horizons=[h], split="held_out")
+    held, train = (pbc.labels(landmarks=[s], split=sp) for sp in ("held_out", "train"))
+    risk = held.select("subject_id").join(_risk(pred, landmark=s, event="MEDS_DEATH", horizon=h), on="subject_id")
+    auc = cumulative_dynamic_auc(
+        held["duration_days"].to_numpy(),
+        _codes(held, pbc.outcomes),
+        risk["risk"].to_numpy(),
+        h,
+        train_time=train["duration_days"].to_numpy(),
+        train_event=_codes(train, pbc.outcomes),
+    )
+    assert auc > 0.75
+    assert time.perf_counter() - start < 30  # well under the slow mark on 2 cores
