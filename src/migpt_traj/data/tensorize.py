@@ -137,16 +137,15 @@ def tensorize(
 
     counts = tok.group_by("sample_index").len()
     n = samples.join(counts, on="sample_index", how="left").sort("sample_index")["len"].fill_null(0).to_numpy()
+    n = n.astype(np.int64)
     n_samples = samples.height
-    lengths = n.astype(np.int64) + 1
+    lengths = n + 1
     offsets = np.zeros(n_samples + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     total = int(offsets[-1])
 
     sample_idx = tok["sample_index"].to_numpy().astype(np.int64)
-    within = np.arange(tok.height, dtype=np.int64) - np.repeat(
-        np.concatenate([[0], np.cumsum(n)[:-1]]).astype(np.int64), n
-    )
+    within = np.arange(tok.height, dtype=np.int64) - np.repeat(np.cumsum(n) - n, n)
     pos = offsets[sample_idx] + 1 + within
 
     tz = tok["time_zero"]
@@ -166,7 +165,7 @@ def tensorize(
     value[pos] = np.nan_to_num(values, nan=0.0)
     has_value[pos] = (~np.isnan(values)).astype(np.float32)
     modality = np.full(total, START_MODALITY, dtype=np.int64)
-    modality[pos] = np.vectorize(MODALITY_IDS.__getitem__, otypes=[np.int64])(modality_names) if tok.height else []
+    modality[pos] = tok["modality"].replace_strict(MODALITY_IDS, return_dtype=pl.Int64).to_numpy()
     time_days = np.zeros(total, dtype=np.float32)
     time_days[pos] = np.nan_to_num(t_days, nan=0.0)
     avail_days = np.full(total, -np.inf, dtype=np.float32)
@@ -284,9 +283,12 @@ def training_queries(
     """Samples and labelled queries for training on every history prefix.
 
     Query times per subject: time zero, every distinct availability time of an input event after time zero, and
-    ``extra_per_subject`` seeded uniform times in follow-up (so the model also learns how risk moves through quiet
-    periods); only queries at which the subject is at risk are kept (labels from :meth:`Cohort.labels`, the one
-    source of the as-of label rule). One sample per subject with cutoff at its last query.
+    ``extra_per_subject`` seeded uniform times after time zero (so the model also learns how risk moves through
+    quiet periods). The extra times are drawn over the split's longest follow-up, one window for all subjects,
+    independently of each subject's own outcome, so a query's position carries no information about its label;
+    those past a subject's follow-up fall away with the at-risk rule. Only queries at which the subject is at risk
+    are kept (labels from :meth:`Cohort.labels`, the one source of the as-of label rule). One sample per subject
+    with cutoff at its last query.
 
     Returns:
         ``(samples, queries)``: samples ``subject_id, cutoff_time``; queries ``sample_index, prediction_time,
@@ -305,24 +307,22 @@ def training_queries(
     )
     base = subjects.select("subject_id", pl.col("time_zero").alias("prediction_time"))
     parts = [base, times]
-    if extra_per_subject > 0:
+    if extra_per_subject > 0 and subjects.height:
+        # Drawn over the split's longest follow-up, the same window for every subject, then kept only where the
+        # subject is at risk: a window cut at the subject's own end of follow-up would put the queries of
+        # subjects who die early closer to their death, so that the mere position of a query would tell the label.
+        longest = subjects.select((pl.col("end_of_followup") - pl.col("time_zero")).dt.total_microseconds().max())
+        span_us = float(longest.item() or 0)
         rng = np.random.default_rng(seed)
-        rep = pl.DataFrame({"subject_id": np.repeat(subjects["subject_id"].to_numpy(), extra_per_subject)})
-        frac = rng.random(rep.height)
-        span = subjects.select(
-            pl.col("subject_id"),
-            (pl.col("end_of_followup") - pl.col("time_zero")).dt.total_microseconds().alias("_span"),
-            "time_zero",
-        )
-        extra = (
-            rep.with_columns(_u=pl.Series(frac))
-            .join(span, on="subject_id")
-            .select(
-                "subject_id",
-                (pl.col("time_zero") + pl.duration(microseconds=(pl.col("_u") * pl.col("_span")).cast(pl.Int64))).alias(
-                    "prediction_time"
-                ),
-            )
+        offset_us = (rng.random(subjects.height * extra_per_subject) * span_us).astype(np.int64)
+        extra = pl.DataFrame(
+            {
+                "subject_id": np.repeat(subjects["subject_id"].to_numpy(), extra_per_subject),
+                "time_zero": np.repeat(subjects["time_zero"].to_numpy(), extra_per_subject),
+                "_offset": offset_us,
+            }
+        ).select(
+            "subject_id", (pl.col("time_zero") + pl.duration(microseconds=pl.col("_offset"))).alias("prediction_time")
         )
         parts.append(extra)
     pts = pl.concat([p.with_columns(pl.col("prediction_time").cast(pl.Datetime("us"))) for p in parts]).unique()
