@@ -271,11 +271,6 @@ def test_bad_horizons_raise(fitted: TrajectoryModel, cohort: Cohort, horizons: A
         fitted.predict_survival(cohort, landmarks=[0], times=horizons)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="api._checked_horizons: list('365') is ['3', '6', '5'], so a string is read as horizons 3, 6 and 5 days; "
-    "and np.asarray(['1y'], float) raises a bare ValueError, not ConfigError.",
-)
 @pytest.mark.parametrize("horizons", [pytest.param("365", id="string"), pytest.param(["1y"], id="unit-string")])
 def test_string_horizons_raise_config_error(fitted: TrajectoryModel, cohort: Cohort, horizons: Any) -> None:
     with pytest.raises(ConfigError, match="Horizons must be"):

@@ -30,12 +30,17 @@ _FORMAT_VERSION = 1
 
 
 class _BestWeights(pl_light.Callback):
-    """Keeps the weights of the epoch with the lowest tuning loss in memory (restored after fit)."""
+    """Keeps the weights of the epoch with the lowest tuning loss (restored after fit).
 
-    def __init__(self) -> None:
+    With a ``directory``, each new best is also written there as ``best.safetensors`` (checkpointing without
+    pickle: Lightning's own ``.ckpt`` files are torch.save archives).
+    """
+
+    def __init__(self, directory: Path | None = None) -> None:
         self.best = float("inf")
         self.state: dict[str, torch.Tensor] | None = None
         self.epoch = -1
+        self.directory = directory
 
     def on_validation_epoch_end(self, trainer: pl_light.Trainer, module: pl_light.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -45,6 +50,9 @@ class _BestWeights(pl_light.Callback):
             self.best = float(loss)
             self.epoch = trainer.current_epoch
             self.state = copy.deepcopy(module.state_dict())
+            if self.directory is not None:
+                self.directory.mkdir(parents=True, exist_ok=True)
+                save_file({k: v.contiguous() for k, v in self.state.items()}, str(self.directory / "best.safetensors"))
 
 
 class TrajectoryModel:
@@ -143,19 +151,13 @@ class TrajectoryModel:
             rank_sigma=cfg.rank_sigma,
         )
         data = TrajectoryDataModule(train, tables["tuning"], batch_size=cfg.batch_size, seed=cfg.seed)
-        best = _BestWeights()
+        best = _BestWeights(Path(run_dir) / "checkpoints" if run_dir is not None else None)
         callbacks: list[pl_light.Callback] = [best]
         has_tuning = data.tuning_set is not None
         if has_tuning:
             callbacks.append(pl_light.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience))
         with tempfile.TemporaryDirectory() as tmp:
             root = Path(run_dir) if run_dir is not None else Path(tmp)
-            if run_dir is not None:
-                callbacks.append(
-                    pl_light.callbacks.ModelCheckpoint(
-                        dirpath=root / "checkpoints", monitor="val_loss" if has_tuning else None, save_top_k=1
-                    )
-                )
             trainer = pl_light.Trainer(
                 max_epochs=cfg.max_epochs,
                 accelerator=cfg.accelerator,
@@ -165,7 +167,7 @@ class TrajectoryModel:
                 enable_progress_bar=cfg.progress,
                 enable_model_summary=False,
                 logger=False,
-                enable_checkpointing=run_dir is not None,
+                enable_checkpointing=False,
                 callbacks=callbacks,
                 gradient_clip_val=1.0,
                 default_root_dir=str(root),
@@ -252,7 +254,15 @@ class TrajectoryModel:
         return out
 
     def _checked_horizons(self, horizons: Sequence[float]) -> torch.Tensor:
-        h = np.asarray(list(horizons), dtype=np.float64)
+        if isinstance(horizons, str | bytes):
+            raise ConfigError(
+                f"Horizons must be a list of days, not the string {horizons!r}; e.g. horizons=[365.25, 1095.75] "
+                f"(parse '1y,3y' with migpt_traj.durations.parse_days_list)."
+            )
+        try:
+            h = np.asarray(list(horizons), dtype=np.float64)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"Horizons must be numbers of days; got {list(horizons)!r} ({err}).") from err
         if h.ndim != 1 or h.size == 0 or not np.all(np.isfinite(h)) or np.any(h < 0):
             raise ConfigError(f"Horizons must be a non-empty list of finite days >= 0; got {list(horizons)}.")
         return torch.tensor(h, dtype=torch.float32)

@@ -9,6 +9,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import re
 
 from migpt_traj.errors import ConfigError
@@ -31,8 +32,8 @@ def parse_days(text: str | float | int, *, name: str = "duration") -> float:
                 f"Cannot read {name} {text!r}; write days as a number or with a unit: '365', '365d', '26w', '6m', '1y'."
             )
         value = float(match.group(1)) * _UNITS[(match.group(2) or "d").lower()]
-    if value < 0:
-        raise ConfigError(f"{name} must be >= 0 days; got {text!r}.")
+    if not math.isfinite(value) or value < 0:
+        raise ConfigError(f"{name} must be a finite number of days >= 0; got {text!r}.")
     return value
 
 

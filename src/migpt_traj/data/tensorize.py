@@ -119,9 +119,7 @@ def tensorize(
         note_dim: embedding size of ``note_embedder``.
     """
     samples = samples.select(pl.col("subject_id").cast(pl.Int64), pl.col("cutoff_time").cast(pl.Datetime("us")))
-    samples = samples.with_row_index("sample_index").join(
-        cohort.subjects.select("subject_id", "time_zero", "birth_time"), on="subject_id", how="left"
-    )
+    samples = _with_as_of_anchors(cohort, samples.with_row_index("sample_index"))
     ev = _input_events(cohort, pre)
     if note_embedder is None:
         ev = ev.filter(pl.col("modality") != "note")
@@ -213,6 +211,35 @@ def tensorize(
         notes=notes,
         samples=samples,
         **q,
+    )
+
+
+def _with_as_of_anchors(cohort: Cohort, samples: pl.DataFrame) -> pl.DataFrame:
+    """Add each sample's ``time_zero`` and ``birth_time`` as known at its cutoff.
+
+    Time zero is the first non-birth timed event and birth the birth row, both counted only once available
+    (``<=`` cutoff), so that a fact timed early but recorded late cannot shift a sample's time axis before it is
+    known. Where nothing timed is visible yet, the cutoff itself anchors the axis. Without late availability these
+    equal :attr:`Cohort.subjects`' values.
+    """
+    ev = cohort.events.filter(pl.col("time").is_not_null())
+    avail = pl.coalesce("available_time", "time") if "available_time" in ev.columns else pl.col("time")
+    birth_code = cohort.conventions.birth_code
+    timed = ev.select("subject_id", "time", avail.alias("_avail"), (pl.col("code") == birth_code).alias("_birth"))
+    known = (
+        samples.select("sample_index", "subject_id", "cutoff_time")
+        .join(timed, on="subject_id", how="inner")
+        .filter(pl.col("_avail") <= pl.col("cutoff_time"))
+        .group_by("sample_index")
+        .agg(
+            pl.col("time").filter(~pl.col("_birth")).min().alias("time_zero"),
+            pl.col("time").filter(pl.col("_birth")).min().alias("birth_time"),
+        )
+    )
+    return (
+        samples.join(known, on="sample_index", how="left")
+        .with_columns(time_zero=pl.coalesce("time_zero", "cutoff_time"))
+        .sort("sample_index")
     )
 
 
