@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import logging
 import tempfile
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +30,29 @@ from migpt_traj.model.survival import survival_function
 __all__ = ["TrajectoryModel"]
 
 _FORMAT_VERSION = 1
+
+
+@contextlib.contextmanager
+def _quiet_lightning(progress: bool) -> Iterator[None]:
+    """Silence Lightning's banner lines and third-party deprecation chatter during one fit, then restore them.
+
+    Scoped to the call: logger levels are put back and warning filters are restored on exit (no global state).
+    """
+    names = ("lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero")
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    if not progress:
+        for lg in loggers:
+            lg.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"lightning\..*")
+            warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
 
 
 class _BestWeights(pl_light.Callback):
@@ -156,7 +182,7 @@ class TrajectoryModel:
         has_tuning = data.tuning_set is not None
         if has_tuning:
             callbacks.append(pl_light.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience))
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory() as tmp, _quiet_lightning(cfg.progress):
             root = Path(run_dir) if run_dir is not None else Path(tmp)
             trainer = pl_light.Trainer(
                 max_epochs=cfg.max_epochs,
