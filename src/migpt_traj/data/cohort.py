@@ -4,12 +4,16 @@ Conventions (DESIGN.md, "As of"):
 
 * A sample is ``(subject_id, prediction_time)``. Inputs are events whose ``available_time`` (else ``time``) is
   ``<= prediction_time``; static rows (null ``time``) are always available.
-* Time zero is the subject's first timed event other than the birth code (entry into the cohort).
-* End of follow-up is the latest ``END_OF_FOLLOWUP``; without one, the subject's last timed event. When the
-  first outcome is recorded after that, follow-up extends to the outcome (an observed event is never dropped).
-* A subject is at risk at ``t`` if no outcome happened at or before ``t`` and follow-up ends after ``t``.
-* The label is the first outcome (any of ``outcomes``) after ``t``, else censoring at the end of follow-up.
-  Outcomes compete: the first one ends follow-up for all.
+* Time zero is the subject's first timed event other than the birth code (entry into the cohort), by
+  ``time`` (not ``available_time``). Subjects with only static rows or only a birth have none.
+* End of follow-up is the latest ``END_OF_FOLLOWUP``; without one, the subject's last timed event other than
+  birth. When the first outcome is recorded after that, follow-up extends to the outcome (an observed event is
+  never dropped). Events after an ``END_OF_FOLLOWUP`` do not extend it.
+* A subject is at risk at ``t`` if no outcome happened at or before ``t`` (``<=``) and follow-up ends strictly
+  after ``t``. Subjects without time zero are never at risk.
+* The label is the first outcome (any of ``outcomes``) strictly after ``t``, else censoring at the end of
+  follow-up. Outcomes compete: the first one ends follow-up for all; outcomes at the same instant go to the
+  one listed first in ``outcomes``.
 """
 
 from __future__ import annotations
@@ -23,13 +27,14 @@ import polars as pl
 
 from migpt_traj.data.meds import read_meds, write_meds
 from migpt_traj.data.schema import CodeConventions, validate_events
-from migpt_traj.errors import ConfigError, OutcomeError, SplitError, did_you_mean
+from migpt_traj.errors import ConfigError, OutcomeError, SchemaError, SplitError, did_you_mean
 
 __all__ = ["SPLITS", "Cohort", "Split"]
 
 Split = Literal["train", "tuning", "held_out"]
 SPLITS: tuple[str, ...] = ("train", "tuning", "held_out")
 DAY_US = 86_400_000_000  # microseconds in a day
+_MODALITIES = ("static", "measurement", "note", "image", "treatment", "event")
 
 
 def days_to_duration(days: pl.Expr) -> pl.Expr:
@@ -38,8 +43,18 @@ def days_to_duration(days: pl.Expr) -> pl.Expr:
 
 
 def duration_to_days(expr: pl.Expr) -> pl.Expr:
-    """Polars Duration → float days."""
-    return expr.dt.total_microseconds().cast(pl.Float64) / DAY_US
+    """Polars Duration → float days (correctly rounded, the same whatever the frame's length).
+
+    Polars divides a column by a scalar as a multiplication by its reciprocal, whose last bit depends on the
+    code path (one row or many), so the same sample could get two different durations; numpy's true
+    division is used instead.
+    """
+    return expr.dt.total_microseconds().map_batches(_microseconds_to_days, pl.Float64, is_elementwise=True)
+
+
+def _microseconds_to_days(microseconds: pl.Series) -> pl.Series:
+    days = microseconds.cast(pl.Float64).to_numpy() / DAY_US  # nulls become NaN here and null again below
+    return pl.Series(microseconds.name, days, dtype=pl.Float64).fill_nan(None)
 
 
 class Cohort:
@@ -171,7 +186,7 @@ class Cohort:
             outcomes=outcomes,
             conventions=conventions,
             metadata=meta,
-            codes=codes,
+            codes=None if codes is None else _check_codes(codes, source=source),
         )
 
     def to_meds(self, root: str | Path, *, overwrite: bool = False, subjects_per_shard: int = 50_000) -> Path:
@@ -196,20 +211,8 @@ class Cohort:
     def codes(self) -> pl.DataFrame:
         """``code, description, parent_codes`` for every code in the events (descriptions kept from input)."""
         present = self.events.select(pl.col("code").unique().sort())
-        base = pl.DataFrame(
-            schema={"code": pl.String, "description": pl.String, "parent_codes": pl.List(pl.String)}
-        )
-        if self._codes is not None and "code" in self._codes.columns:
-            known = self._codes.select(
-                pl.col("code").cast(pl.String),
-                (pl.col("description") if "description" in self._codes.columns else pl.lit(None))
-                .cast(pl.String)
-                .alias("description"),
-                (pl.col("parent_codes") if "parent_codes" in self._codes.columns else pl.lit(None))
-                .cast(pl.List(pl.String))
-                .alias("parent_codes"),
-            ).unique("code", keep="first")
-            return present.join(known, on="code", how="left").select(base.columns)
+        if self._codes is not None:
+            return present.join(self._codes, on="code", how="left")
         return present.with_columns(
             description=pl.lit(None, dtype=pl.String), parent_codes=pl.lit(None, dtype=pl.List(pl.String))
         )
@@ -253,14 +256,13 @@ class Cohort:
             unknown = sorted(wanted - set(self.subject_ids()))
             if unknown:
                 raise SplitError(
-                    f"subset() names subject {unknown[0]} ({len(unknown)} unknown in all), which is not in "
-                    f"the cohort."
+                    f"subset() names subject {unknown[0]} ({len(unknown)} unknown in all), which is not in the cohort."
                 )
             ids &= wanted
         keep = pl.Series("subject_id", sorted(ids), dtype=pl.Int64)
         return Cohort(
-            events=self.events.filter(pl.col("subject_id").is_in(keep)),
-            splits=self.splits.filter(pl.col("subject_id").is_in(keep)),
+            events=self.events.filter(pl.col("subject_id").is_in(keep.implode())),
+            splits=self.splits.filter(pl.col("subject_id").is_in(keep.implode())),
             outcomes=self.outcomes,
             conventions=self.conventions,
             metadata=dict(self.metadata),
@@ -272,7 +274,7 @@ class Cohort:
         return Cohort.from_events(
             events,
             outcomes=self.outcomes,
-            splits=self.splits.filter(pl.col("subject_id").is_in(events["subject_id"].unique())),
+            splits=self.splits.filter(pl.col("subject_id").is_in(events["subject_id"].unique().implode())),
             metadata=self.metadata,
             codes=self._codes,
             conventions=self.conventions,
@@ -304,9 +306,7 @@ class Cohort:
                 outcome_time=time.filter(is_outcome).min(),
             )
         )
-        rank = code.replace_strict(
-            list(self.outcomes), list(range(len(self.outcomes))), return_dtype=pl.Int32
-        )
+        rank = code.replace_strict(list(self.outcomes), list(range(len(self.outcomes))), return_dtype=pl.Int32)
         first_outcome = (
             self.events.lazy()
             .filter(is_outcome & time.is_not_null())
@@ -318,12 +318,8 @@ class Cohort:
             self.splits.lazy()
             .join(per_subject, on="subject_id", how="left")
             .join(first_outcome, on="subject_id", how="left")
-            .with_columns(
-                end_of_followup=pl.max_horizontal(pl.coalesce("_eof", "_last_time"), pl.col("outcome_time"))
-            )
-            .select(
-                "subject_id", "split", "birth_time", "time_zero", "end_of_followup", "outcome", "outcome_time"
-            )
+            .with_columns(end_of_followup=pl.max_horizontal(pl.coalesce("_eof", "_last_time"), pl.col("outcome_time")))
+            .select("subject_id", "split", "birth_time", "time_zero", "end_of_followup", "outcome", "outcome_time")
             .sort("subject_id")
         )
         return table.collect()
@@ -370,9 +366,7 @@ class Cohort:
         """
         samples = self._samples(landmarks=landmarks, prediction_times=prediction_times, split=split)
         t = pl.col("prediction_time")
-        at_risk = (pl.col("outcome_time").is_null() | (pl.col("outcome_time") > t)) & (
-            pl.col("end_of_followup") > t
-        )
+        at_risk = (pl.col("outcome_time").is_null() | (pl.col("outcome_time") > t)) & (pl.col("end_of_followup") > t)
         return (
             samples.join(self.subjects, on="subject_id", how="inner")
             .filter(at_risk)
@@ -414,14 +408,10 @@ class Cohort:
             )
         assert prediction_times is not None
         if not isinstance(prediction_times, pl.DataFrame):
-            raise ConfigError(
-                f"'prediction_times' must be a polars DataFrame; got {type(prediction_times).__name__}."
-            )
+            raise ConfigError(f"'prediction_times' must be a polars DataFrame; got {type(prediction_times).__name__}.")
         missing = sorted({"subject_id", "prediction_time"} - set(prediction_times.columns))
         if missing:
-            raise ConfigError(
-                f"'prediction_times' needs columns subject_id, prediction_time; missing {missing}."
-            )
+            raise ConfigError(f"'prediction_times' needs columns subject_id, prediction_time; missing {missing}.")
         sid_type, time_type = (
             prediction_times.schema["subject_id"],
             prediction_times.schema["prediction_time"],
@@ -463,29 +453,38 @@ class Cohort:
         follow-up minus time zero), ``n_<modality>`` per modality (events) and ``measurement_codes``
         (distinct codes of measurement events).
         """
-        ev = self.events_with_modality().join(self.splits, on="subject_id")
+        modality = pl.col("modality")
+        event_stats = [
+            pl.len().alias("events"),
+            *[(modality == m).sum().alias(f"n_{m}") for m in _MODALITIES],
+            pl.col("code").filter(modality == "measurement").n_unique().alias("measurement_codes"),
+        ]
+        ev = (
+            self.events.lazy()
+            .select("subject_id", "code", modality=self.conventions.modality_expr())
+            .join(self.splits.lazy(), on="subject_id")
+        )
+        by_split, overall = pl.collect_all(
+            [ev.group_by("split").agg(event_stats), ev.select(event_stats).with_columns(split=pl.lit("all"))]
+        )
+        events = {r["split"]: r for r in pl.concat([by_split, overall], how="diagonal_relaxed").iter_rows(named=True)}
         subj = self.subjects.with_columns(
             followup_days=duration_to_days(pl.col("end_of_followup") - pl.col("time_zero"))
         )
         rows = []
-        for name in (*SPLITS, "all"):
+        for name in (*SPLITS, "all"):  # four small per-split summaries of the subject table, not per subject
             s = subj if name == "all" else subj.filter(pl.col("split") == name)
-            e = ev if name == "all" else ev.filter(pl.col("split") == name)
-            row: dict[str, Any] = {
-                "split": name,
-                "subjects": s.height,
-                "events": e.height,
-            }
+            e = events.get(name, {})
+            row: dict[str, Any] = {"split": name, "subjects": s.height, "events": int(e.get("events") or 0)}
             for outcome in self.outcomes:
                 row[f"n_{outcome}"] = s.filter(pl.col("outcome") == outcome).height
             row["n_censored"] = s.filter(pl.col("outcome").is_null()).height
             row["median_followup_days"] = s["followup_days"].median()
-            counts = dict(e.group_by("modality").len().iter_rows())
-            for modality in ("static", "measurement", "note", "image", "treatment", "event"):
-                row[f"n_{modality}"] = int(counts.get(modality, 0))
-            row["measurement_codes"] = e.filter(pl.col("modality") == "measurement")["code"].n_unique()
+            for m in _MODALITIES:
+                row[f"n_{m}"] = int(e.get(f"n_{m}") or 0)
+            row["measurement_codes"] = int(e.get("measurement_codes") or 0)
             rows.append(row)
-        return pl.DataFrame(rows)
+        return pl.DataFrame(rows, schema_overrides={"median_followup_days": pl.Float64})
 
     def __repr__(self) -> str:
         counts = dict(self.splits.group_by("split").len().iter_rows())
@@ -519,15 +518,8 @@ def seeded_split(
     try:
         values = [float(f) for f in fractions]
     except (TypeError, ValueError) as err:
-        raise ConfigError(
-            f"split_fractions must be three numbers (train, tuning, held_out); got {fractions}."
-        ) from err
-    if (
-        len(values) != 3
-        or not all(np.isfinite(values))
-        or min(values) < 0
-        or not np.isclose(sum(values), 1.0)
-    ):
+        raise ConfigError(f"split_fractions must be three numbers (train, tuning, held_out); got {fractions}.") from err
+    if len(values) != 3 or not all(np.isfinite(values)) or min(values) < 0 or not np.isclose(sum(values), 1.0):
         raise ConfigError(
             f"split_fractions must be three non-negative numbers (train, tuning, held_out) summing to 1; "
             f"got {fractions}."
@@ -547,9 +539,7 @@ def seeded_split(
 
 def _check_split(split: str) -> str:
     if split not in SPLITS:
-        raise SplitError(
-            f"Unknown split {split!r}; valid splits are {list(SPLITS)}.{did_you_mean(str(split), SPLITS)}"
-        )
+        raise SplitError(f"Unknown split {split!r}; valid splits are {list(SPLITS)}.{did_you_mean(str(split), SPLITS)}")
     return split
 
 
@@ -559,9 +549,7 @@ def _check_splits(splits: pl.DataFrame, subject_ids: pl.Series, *, source: str) 
         raise SplitError(f"{where} must be a polars DataFrame or a dict; got {type(splits).__name__}.")
     missing = sorted({"subject_id", "split"} - set(splits.columns))
     if missing:
-        raise SplitError(
-            f"{where} miss column(s) {missing}; need subject_id, split (found {splits.columns})."
-        )
+        raise SplitError(f"{where} miss column(s) {missing}; need subject_id, split (found {splits.columns}).")
     sid_type = splits.schema["subject_id"]
     if not (sid_type.is_integer() or sid_type == pl.Null):
         raise SplitError(f"{where} have subject_id of dtype {sid_type}; expected an integer type.")
@@ -591,8 +579,7 @@ def _check_splits(splits: pl.DataFrame, subject_ids: pl.Series, *, source: str) 
     unknown = splits.join(known, on="subject_id", how="anti").sort("subject_id")
     if unknown.height:
         raise SplitError(
-            f"{where} name subject {unknown['subject_id'][0]} ({unknown.height} such subject(s)), which has "
-            f"no events."
+            f"{where} name subject {unknown['subject_id'][0]} ({unknown.height} such subject(s)), which has no events."
         )
     unassigned = known.join(splits, on="subject_id", how="anti").sort("subject_id")
     if unassigned.height:
@@ -603,9 +590,32 @@ def _check_splits(splits: pl.DataFrame, subject_ids: pl.Series, *, source: str) 
     return splits.sort("subject_id")
 
 
-def _check_outcomes(
-    events: pl.DataFrame, outcomes: Sequence[str], conventions: CodeConventions
-) -> tuple[str, ...]:
+_CODES_SCHEMA = {"code": pl.String(), "description": pl.String(), "parent_codes": pl.List(pl.String())}
+
+
+def _check_codes(codes: pl.DataFrame, *, source: str) -> pl.DataFrame:
+    """``code, description, parent_codes`` in canonical dtypes, one row per code (the first kept)."""
+    where = f"The code descriptions (metadata/codes.parquet) of {source}"
+    if not isinstance(codes, pl.DataFrame) or "code" not in codes.columns:
+        found = codes.columns if isinstance(codes, pl.DataFrame) else type(codes).__name__
+        raise SchemaError(f"{where} need a 'code' column (found {found}).")
+    columns = []
+    for name, dtype in _CODES_SCHEMA.items():
+        have = codes.schema.get(name, pl.Null())
+        ok = (
+            have == pl.Null
+            or have == dtype
+            or (dtype == pl.String and (have == pl.Categorical or isinstance(have, pl.Enum)))
+            or (isinstance(have, pl.List) and have.inner in (pl.String, pl.Null))
+        )
+        if not ok:
+            raise SchemaError(f"{where} have column {name!r} of dtype {have}; expected {dtype}.")
+        column = pl.col(name) if name in codes.columns else pl.lit(None)
+        columns.append(column.cast(dtype).alias(name))
+    return codes.select(columns).filter(pl.col("code").is_not_null()).unique("code", keep="first", maintain_order=True)
+
+
+def _check_outcomes(events: pl.DataFrame, outcomes: Sequence[str], conventions: CodeConventions) -> tuple[str, ...]:
     if isinstance(outcomes, str):
         outcomes = [outcomes]
     outcomes = tuple(outcomes)
@@ -619,9 +629,7 @@ def _check_outcomes(
     present = set(events.filter(pl.col("time").is_not_null())["code"].unique().to_list())
     for code in outcomes:
         if code in reserved:
-            raise OutcomeError(
-                f"Outcome {code!r} is a reserved code (birth / end of follow-up), not an outcome."
-            )
+            raise OutcomeError(f"Outcome {code!r} is a reserved code (birth / end of follow-up), not an outcome.")
         if code not in present:
             raise OutcomeError(
                 f"Outcome {code!r} never occurs as a timed event in the data.{did_you_mean(code, present)}"

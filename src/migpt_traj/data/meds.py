@@ -81,9 +81,7 @@ def read_meds(root: str | Path) -> MedsTables:
     shared = owner.filter(pl.col("subject_id").is_duplicated())
     if shared.height:
         sid = int(shared["subject_id"].min())  # type: ignore[arg-type]
-        where = sorted(
-            str(files[j].relative_to(root)) for j in shared.filter(pl.col("subject_id") == sid)["file"]
-        )
+        where = sorted(str(files[j].relative_to(root)) for j in shared.filter(pl.col("subject_id") == sid)["file"])
         raise SchemaError(
             f"Subject {sid} appears in several data files {where} of MEDS root {str(root)!r} "
             f"({shared['subject_id'].n_unique()} subject(s) in all); MEDS keeps each subject in one file."

@@ -11,8 +11,10 @@ vectorised polars expression over the whole frame (no per-subject Python loops).
 
 from __future__ import annotations
 
+import sys
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import polars as pl
@@ -65,6 +67,7 @@ MODALITY_IDS: dict[str, int] = {
 }
 
 _FLOAT32_MAX = 3.4028234663852886e38
+_INT64_MAX = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,10 @@ class CodeConventions:
 
 def _describe_row(row: dict[str, object]) -> str:
     return f"subject {row.get('subject_id')}, time {row.get('time')}, code {row.get('code')!r}"
+
+
+def _format_value(value: object) -> str:
+    return f"{value:.7g}" if isinstance(value, float) else str(value)
 
 
 def _castable(dtype: pl.DataType, target: pl.DataType) -> bool:
@@ -176,12 +183,13 @@ def cast_to_schema(df: pl.DataFrame, *, source: str) -> pl.DataFrame:
                 f"Column {name!r} in {source} has dtype {dtype}; expected {target} (or a type that casts to "
                 f"it without loss).{_HINTS.get(name, '')}"
             )
+        if dtype == pl.UInt64 and df.select((pl.col(name) > _INT64_MAX).any()).item():
+            raise SchemaError(
+                f"Column {name!r} in {source} holds {df[name].max()!r}, beyond the int64 range of MEDS ids."
+            )
         if dtype != target:
             casts.append(pl.col(name).cast(target))
-    try:
-        out = df.with_columns(casts) if casts else df
-    except pl.exceptions.PolarsError as err:  # e.g. a UInt64 subject_id beyond the int64 range
-        raise SchemaError(f"Cannot cast the columns of {source} to the MEDS schema: {err}") from err
+    out = df.with_columns(casts) if casts else df
 
     original = df["numeric_value"]
     if original.dtype != pl.Float32 and original.dtype.is_numeric():
@@ -196,6 +204,15 @@ def cast_to_schema(df: pl.DataFrame, *, source: str) -> pl.DataFrame:
     order = [c for c in (*EVENT_SCHEMA, *OPTIONAL_COLUMNS) if c in out.columns]
     order += [c for c in out.columns if c not in order]
     return out.select(order) if order != out.columns else out
+
+
+def _caller_stacklevel() -> int:
+    """The ``stacklevel`` pointing a warning at the first frame outside migpt_traj (the user's call)."""
+    package = str(Path(__file__).resolve().parents[1])
+    frame, level = sys._getframe(1), 1
+    while frame is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(package):
+        frame, level = frame.f_back, level + 1  # type: ignore[assignment]
+    return level
 
 
 def _first_unsorted_row(df: pl.DataFrame) -> int | None:
@@ -231,9 +248,11 @@ def sort_events(df: pl.DataFrame, *, source: str | None) -> pl.DataFrame:
             f"subject {row['subject_id']}, time {row['time']}, after subject {before['subject_id']}, time "
             f"{before['time']}); sorting them. The input is not changed.",
             MigptTrajWarning,
-            stacklevel=3,
+            stacklevel=_caller_stacklevel(),
         )
-    return df.sort(["subject_id", "time"], nulls_last=False, maintain_order=True)
+    # Two stable single-key sorts give the same order as one two-key sort, about twice as fast on millions
+    # of rows (polars sorts a two-column key through a slower row encoding).
+    return df.sort("time", nulls_last=False, maintain_order=True).sort("subject_id", maintain_order=True)
 
 
 def validate_events(
@@ -295,23 +314,39 @@ def validate_events(
     if "available_time" in df.columns:
         _check_available_time(df, source=source)
 
-    key = [
+    key: list[str] = [
         c
         for c in ("subject_id", "time", "code", "numeric_value", "text_value", "embedding", "image_path")
         if c in df.columns
     ]
-    dup = df.filter(pl.struct(key).is_duplicated())
+    dup = _duplicated_rows(df, key)
     if dup.height:
         row = dup.row(0, named=True)
         raise DuplicateEventError(
             f"{source} holds {dup.height} duplicated event row(s) (same {key}); first: {_describe_row(row)}, "
-            f"numeric_value {row['numeric_value']}. Remove the copies; migpt_traj does not drop data."
+            f"numeric_value {_format_value(row['numeric_value'])}. Remove the copies; migpt_traj does not drop data."
         )
 
     if sort:
         df = sort_events(df, source=source)
     _check_after_death(df, source=source, death_code=conventions.death_code)
     return df
+
+
+def _duplicated_rows(df: pl.DataFrame, key: list[str]) -> pl.DataFrame:
+    """The rows of ``df`` whose ``key`` columns equal those of another row (exact).
+
+    Row hashes are sorted and compared with their neighbours (about 3x faster than ``is_duplicated`` on
+    millions of rows); only rows sharing a hash are compared exactly, so hash collisions cannot give a false
+    report.
+    """
+    hashes = df.select(pl.struct(key).hash())[key[0]]
+    ordered = hashes.sort()
+    repeated = ordered.filter(ordered == ordered.shift(1))
+    if repeated.len() == 0:
+        return df.clear()
+    candidates = df.filter(hashes.is_in(repeated.unique().implode()))
+    return candidates.filter(pl.struct(key).is_duplicated())
 
 
 def _check_embeddings(df: pl.DataFrame, *, source: str) -> None:
