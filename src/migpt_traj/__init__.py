@@ -24,18 +24,21 @@ if TYPE_CHECKING:
     from migpt_traj import encoders, evaluation
     from migpt_traj.api import TrajectoryModel
     from migpt_traj.config import TrajectoryConfig
+    from migpt_traj.evaluation import EvaluationReport, evaluate
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CodeConventions",
     "Cohort",
+    "EvaluationReport",
     "TrajectoryConfig",
     "TrajectoryModel",
     "__version__",
     "datasets",
     "encoders",
     "errors",
+    "evaluate",
     "evaluation",
 ]
 
@@ -44,6 +47,8 @@ _LAZY = {
     "TrajectoryConfig": ("migpt_traj.config", "TrajectoryConfig"),
     "encoders": ("migpt_traj.encoders", None),
     "evaluation": ("migpt_traj.evaluation", None),
+    "evaluate": ("migpt_traj.evaluation", "evaluate"),
+    "EvaluationReport": ("migpt_traj.evaluation", "EvaluationReport"),
 }
 
 

@@ -1,4 +1,4 @@
-"""The ``migpt-traj`` command: demo, fit, predict (same options as the API; YAML configs in ``configs/``)."""
+"""The ``migpt-traj`` command: demo, fit, predict, evaluate (same options as the API; YAML configs in ``configs/``)."""
 
 from __future__ import annotations
 
@@ -60,6 +60,32 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     risk.write_parquet(out)
     print(f"Wrote {risk.height} rows ({risk['subject_id'].n_unique()} subjects) to {out}.")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from migpt_traj.api import TrajectoryModel
+    from migpt_traj.evaluation.harness import evaluate
+
+    model = TrajectoryModel.load(args.model)
+    cohort = _cohort(args.data, args.outcomes or ",".join(model.outcomes), args.split_seed)
+    baselines = [b.strip() for b in args.baselines.split(",") if b.strip()] if args.baselines else []
+    subgroups = [c.strip() for c in args.subgroups.split(",") if c.strip()] if args.subgroups else None
+    report = evaluate(
+        model,
+        cohort,  # type: ignore[arg-type]
+        landmarks=parse_days_list(args.landmarks, name="--landmarks"),
+        horizons=parse_days_list(args.horizons, name="--horizons"),
+        baselines=baselines,
+        split=args.split,
+        n_bootstrap=args.bootstrap,
+        seed=args.seed,
+        subgroups=subgroups,
+        progress=not args.quiet,
+    )
+    out = report.save(args.out)
+    print(report)
+    print(f"Wrote {out / 'report.html'}, {out / 'report.json'} and {out / 'figures'}.")
     return 0
 
 
@@ -177,6 +203,22 @@ def _parser() -> argparse.ArgumentParser:
     pred.add_argument("--split-seed", type=int, default=0)
     pred.add_argument("--out", required=True, help="parquet file to write")
     pred.set_defaults(func=_cmd_predict)
+
+    ev = sub.add_parser("evaluate", help="landmark × horizon evaluation with CIs, baselines and a leakage audit")
+    ev.add_argument("--model", required=True, help="run folder written by fit")
+    ev.add_argument("--data", required=True, help="MEDS root")
+    ev.add_argument("--landmarks", required=True, help="e.g. 1y,3y or 365,1095")
+    ev.add_argument("--horizons", required=True, help="e.g. 1y,3y,5y")
+    ev.add_argument("--baselines", default="null,cox", help="comma-separated: null, cox, cox_tv, rsf ('' for none)")
+    ev.add_argument("--split", default="held_out", choices=["tuning", "held_out"])
+    ev.add_argument("--subgroups", default=None, help="comma-separated codes present at time zero, e.g. SEX//female")
+    ev.add_argument("--bootstrap", type=int, default=200, help="subject-level bootstrap replicates (0: no CIs)")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--outcomes", default=None)
+    ev.add_argument("--split-seed", type=int, default=0)
+    ev.add_argument("--quiet", action="store_true")
+    ev.add_argument("--out", required=True, help="folder for report.html, report.json and figures/")
+    ev.set_defaults(func=_cmd_evaluate)
     return p
 
 

@@ -38,3 +38,10 @@ __all__ = [
 from migpt_traj.evaluation.baselines import LandmarkCox, LandmarkRSF, NullModel
 
 __all__ += ["LandmarkCox", "LandmarkRSF", "NullModel"]
+
+# The cohort evaluation (TRIPOD+AI): evaluate → EvaluationReport (tables, HTML, JSON) with a leakage audit.
+from migpt_traj.evaluation.harness import evaluate  # noqa: E402
+from migpt_traj.evaluation.leakage import LeakageAudit, audit_leakage, scan_outcome_derived_codes  # noqa: E402
+from migpt_traj.evaluation.report import EvaluationReport  # noqa: E402
+
+__all__ += ["EvaluationReport", "LeakageAudit", "audit_leakage", "evaluate", "scan_outcome_derived_codes"]

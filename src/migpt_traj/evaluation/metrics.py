@@ -122,7 +122,7 @@ def cumulative_dynamic_auc(
     control_by_group = np.bincount(group, weights=control_w[order])
     below = np.concatenate(([0.0], np.cumsum(control_by_group)[:-1]))
     score = case_w[order] * (below[group] + 0.5 * control_by_group[group])
-    return float(score.sum() / (case_w.sum() * control_w.sum()))
+    return float(np.clip(score.sum() / (case_w.sum() * control_w.sum()), 0.0, 1.0))  # clip last-bit rounding
 
 
 def _brier(data: SurvivalData, r: NDArray[np.float64], h: float, g: StepFunction, cause: int) -> float:
@@ -266,4 +266,5 @@ def concordance_ipcw(
         denominator += np.sum(case_w * b_all)
     if denominator <= 0:
         raise ValueRangeError(f"Concordance is undefined: no comparable pair before tau = {tau_:g} days.")
-    return float(numerator / denominator)
+    # numerator <= denominator exactly; clip the last-bit rounding of the two sums.
+    return float(np.clip(numerator / denominator, 0.0, 1.0))
