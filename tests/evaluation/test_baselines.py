@@ -1,8 +1,10 @@
-"""Tests of migpt_traj.evaluation.baselines: NullModel, LandmarkCox, LandmarkRSF and their as-of features.
+"""Tests of migpt_traj.evaluation.baselines: NullModel, LandmarkCox, LandmarkCoxTV, LandmarkRSF and their features.
 
 References: our Aalen–Johansen and scikit-survival's ``cumulative_incidence_competing_risks`` (NullModel), lifelines'
 ``CoxPHFitter`` fitted directly on the same design (coefficients, survival), scikit-survival's forest fitted
-directly (RSF), a closed-form competing-exponential cumulative incidence, and hand-computed features.
+directly (RSF), lifelines' ``CoxTimeVaryingFitter`` fitted directly on the same long frame (LandmarkCoxTV),
+``LandmarkCox`` at landmark 0 when the covariates never change, a closed-form competing-exponential cumulative
+incidence, and hand-computed features.
 """
 
 from __future__ import annotations
@@ -24,10 +26,12 @@ from migpt_traj.evaluation import aalen_johansen, cumulative_dynamic_auc
 from migpt_traj.evaluation.baselines import (
     FeatureVocabulary,
     LandmarkCox,
+    LandmarkCoxTV,
     LandmarkRSF,
     NullModel,
     _CauseHazard,
     _competing_cif,
+    _tv_breslow,
     raw_features,
 )
 
@@ -383,3 +387,242 @@ def test_pbc2_landmark_cox_discriminates() -> None:
     )
     assert auc > 0.75
     assert time.perf_counter() - start < 30  # well under the slow mark on 2 cores
+
+
+# ------------------------------------------------------------------ LandmarkCoxTV
+
+
+@pytest.fixture(scope="module")
+def cox_tv(cohort: Cohort) -> LandmarkCoxTV:
+    return LandmarkCoxTV(landmarks=LANDMARKS).fit(cohort)
+
+
+def _frozen_at_entry(cohort: Cohort) -> Cohort:
+    """Feature events only at or before time zero: one interval per subject, the covariates never change."""
+    ev = cohort.events.join(cohort.subjects.select("subject_id", "time_zero"), on="subject_id")
+    feature = pl.col("code").str.starts_with("LAB//") | pl.col("code").str.starts_with("SIGN//")
+    feature = feature | pl.col("code").str.starts_with("TREATMENT//")
+    return cohort.with_events(_sorted(ev.filter(~(feature & (pl.col("time") > pl.col("time_zero")))).drop("time_zero")))
+
+
+def test_cox_tv_long_frame_covers_follow_up_from_time_zero(cohort: Cohort, cox_tv: LandmarkCoxTV) -> None:
+    iv = cox_tv.intervals(cohort)
+    labels = cohort.labels(landmarks=[0.0], split="train")
+    assert iv["subject_id"].unique().sort().equals(labels["subject_id"].unique().sort())
+    assert iv.height > 3 * labels.height  # visits split follow-up: the covariates really vary
+    assert (iv["start_days"] < iv["stop_days"]).all()
+    per = iv.group_by("subject_id", maintain_order=True).agg(
+        first=pl.col("start_days").first(),
+        last=pl.col("stop_days").last(),
+        gaps=(pl.col("start_days").shift(-1) - pl.col("stop_days")).abs().max(),
+        events=pl.col("event").is_not_null().sum(),
+        event=pl.col("event").last(),
+    )
+    joined = per.join(labels, on="subject_id", validate="1:1")
+    assert (joined["first"] == 0).all() and (joined["gaps"].fill_null(0) < 1e-9).all()
+    np.testing.assert_allclose(joined["last"].to_numpy(), joined["duration_days"].to_numpy(), atol=1e-9)
+    assert (joined["events"] <= 1).all() and joined["event"].equals(joined["event_right"], null_equal=True)
+    # the design of an interval is the as-of design at its start (LandmarkCox's features, LOCF)
+    row = iv.filter(pl.col("start_days") > 0).row(5, named=True)
+    samples = pl.DataFrame({"subject_id": [row["subject_id"]], "prediction_time": [row["prediction_time"]]})
+    spec = cox_tv.specs[0.0]
+    expected = spec.design(raw_features(cohort, samples, spec.vocabulary)).row(0)
+    assert tuple(row[c] for c in spec.columns) == pytest.approx(expected)
+
+
+def test_cox_tv_equals_lifelines_on_the_same_long_frame(cohort: Cohort, cox_tv: LandmarkCoxTV) -> None:
+    iv = cox_tv.intervals(cohort)
+    columns = list(cox_tv.specs[0.0].columns)
+    frame = iv.select("subject_id", "start_days", "stop_days", *columns).to_pandas()
+    penalizer = 0.1 * iv["subject_id"].n_unique() / iv.height  # the documented per-subject scaling
+    coefs = cox_tv.coefficients()
+    for outcome in cohort.outcomes:
+        ctv = lifelines.CoxTimeVaryingFitter(penalizer=penalizer).fit(
+            frame.assign(E=(iv["event"] == outcome).fill_null(False).to_numpy()),
+            id_col="subject_id",
+            event_col="E",
+            start_col="start_days",
+            stop_col="stop_days",
+        )
+        got = coefs.filter(pl.col("event") == outcome)
+        assert got["feature"].to_list() == columns
+        np.testing.assert_allclose(got["coef"].to_numpy(), ctv.params_.to_numpy(), atol=1e-6)
+        # our vectorised Breslow on the same rows equals lifelines' baseline (which is at the covariate mean)
+        x = iv.select(columns).to_numpy()
+        lp = (x - ctv._norm_mean.to_numpy()) @ ctv.params_.to_numpy()
+        event = (iv["event"] == outcome).fill_null(False).to_numpy()
+        times, jumps = _tv_breslow(iv["start_days"].to_numpy(), iv["stop_days"].to_numpy(), event, lp)
+        reference = ctv.baseline_cumulative_hazard_
+        np.testing.assert_allclose(times, reference.index.to_numpy(), atol=1e-12)
+        np.testing.assert_allclose(np.cumsum(jumps), reference.iloc[:, 0].to_numpy(), rtol=1e-10)
+
+
+def test_cox_tv_baseline_hazard_is_at_a_zero_linear_predictor(cohort: Cohort, cox_tv: LandmarkCoxTV) -> None:
+    """lifelines' baseline is at the covariate mean; ours must be at ``x β = 0`` (visible on an uncentred design)."""
+    iv = cox_tv.intervals(cohort)
+    x = iv.select(cox_tv.specs[0.0].columns).to_numpy() + 2.0
+    start, stop = iv["start_days"].to_numpy(), iv["stop_days"].to_numpy()
+    event = (iv["event"] == "MEDS_DEATH").fill_null(False).to_numpy()
+    hazard = cox_tv._fit_cause(x, (iv["subject_id"].to_numpy(), start, stop), event, 0.05)
+    times, jumps = _tv_breslow(start, stop, event, x @ hazard.beta)
+    np.testing.assert_allclose(hazard.times, times, atol=1e-12)
+    np.testing.assert_allclose(hazard.jumps, jumps, rtol=1e-8)
+    assert abs(float(hazard.beta.sum())) > 0.1  # a shift of 2 SD moves the baseline by exp(-2 Σβ)
+
+
+def test_cox_tv_single_outcome_survival_equals_lifelines(single: Cohort) -> None:
+    """One outcome: risk(s, s + h) = 1 - exp(-(H(s + h) - H(s)) · partial hazard of the design as of s)."""
+    s, horizons = 150.0, np.array([30.0, 200.0, 500.0])
+    model = LandmarkCoxTV(landmarks=[s], penalizer=0.05).fit(single)
+    iv = model.intervals(single)
+    columns = list(model.specs[0.0].columns)
+    ctv = lifelines.CoxTimeVaryingFitter(penalizer=0.05 * iv["subject_id"].n_unique() / iv.height).fit(
+        iv.select("subject_id", "start_days", "stop_days", *columns)
+        .with_columns(E=pl.col("subject_id").is_in([]) | iv["event"].is_not_null())
+        .to_pandas(),
+        id_col="subject_id",
+        event_col="E",
+        start_col="start_days",
+        stop_col="stop_days",
+    )
+    held = model.design(single, landmark=s, split="held_out")
+    partial = ctv.predict_partial_hazard(held.select(columns).to_pandas()).to_numpy()
+    base = ctv.baseline_cumulative_hazard_.iloc[:, 0]
+
+    def cumulative(t: np.ndarray) -> np.ndarray:
+        idx = np.searchsorted(base.index.to_numpy(), t, side="right") - 1
+        return np.where(idx < 0, 0.0, base.to_numpy()[np.maximum(idx, 0)])
+
+    expected = 1 - np.exp(-(cumulative(s + horizons) - cumulative(np.array([s])))[None, :] * partial[:, None])
+    pred = model.predict_risk(single, landmarks=[s], horizons=horizons.tolist(), split="held_out")
+    got = pred.sort("subject_id", "horizon_days")["risk"].to_numpy().reshape(held.height, horizons.size)
+    np.testing.assert_allclose(got, expected, atol=1e-9)
+    assert expected[:, -1].min() > 0.01  # the comparison is not all zeros
+
+
+def test_cox_tv_with_constant_covariates_matches_landmark_cox_at_zero(cohort: Cohort) -> None:
+    frozen = _frozen_at_entry(cohort)
+    tv = LandmarkCoxTV(landmarks=[0.0]).fit(frozen)
+    assert tv.intervals(frozen).height == frozen.labels(landmarks=[0.0], split="train").height  # one row each
+    cox0 = LandmarkCox(landmarks=[0.0]).fit(frozen)
+    assert tv.specs[0.0] == cox0.specs[0.0]
+    a, b = tv.coefficients(), cox0.coefficients(0.0)
+    assert a.select("event", "feature").equals(b.select("event", "feature")) and a.height > 4
+    # same partial likelihood; the fitters stop at lifelines' default Newton tolerance (with precision 1e-12 they
+    # agree to 1e-10), so "closely" is 1e-4 here
+    np.testing.assert_allclose(a["coef"].to_numpy(), b["coef"].to_numpy(), atol=1e-4)
+    pa = tv.predict_risk(frozen, landmarks=[0.0], horizons=HORIZONS, split="held_out")
+    pb = cox0.predict_risk(frozen, landmarks=[0.0], horizons=HORIZONS, split="held_out")
+    assert pa.drop("risk").equals(pb.drop("risk"))
+    np.testing.assert_allclose(pa["risk"].to_numpy(), pb["risk"].to_numpy(), atol=1e-4)
+    # with visits the fit differs (the check above is not vacuous)
+    moving = LandmarkCoxTV(landmarks=[0.0]).fit(cohort).coefficients()
+    assert not np.allclose(moving["coef"].to_numpy()[: a.height], a["coef"].to_numpy(), atol=1e-3)
+
+
+def test_cox_tv_risk_frame_is_a_proper_cumulative_incidence(cohort: Cohort, cox_tv: LandmarkCoxTV) -> None:
+    lms = [*LANDMARKS, 500.0]  # one fit predicts from any landmark
+    pred = cox_tv.predict_risk(cohort, landmarks=lms, horizons=HORIZONS, split="held_out")
+    surv = cox_tv.predict_survival(cohort, landmarks=lms, times=HORIZONS, split="held_out")
+    assert pred.columns == RISK_COLUMNS and pred["risk"].is_between(0, 1).all()
+    assert pred.group_by("subject_id", "landmark_days", "event").agg(pl.col("risk").diff().min() >= 0)["risk"].all()
+    total = pred.group_by("subject_id", "landmark_days", "horizon_days").agg(pl.col("risk").sum())
+    joined = total.join(
+        surv.rename({"time_days": "horizon_days"}), on=["subject_id", "landmark_days", "horizon_days"], validate="1:1"
+    )
+    assert joined.height == total.height == surv.height
+    np.testing.assert_allclose((joined["risk"] + joined["survival"]).to_numpy(), 1.0, atol=1e-12)
+    held = [cohort.labels(landmarks=[s], split="held_out").height for s in lms]
+    assert pred.height == sum(held) * len(cohort.outcomes) * len(HORIZONS)
+    spread = pred.filter(pl.col("event") == "MEDS_DEATH")["risk"].to_numpy().std()
+    assert spread > 0.01  # individual risks, not a constant
+
+
+def test_cox_tv_predictions_at_s_ignore_events_after_s(cohort: Cohort, cox_tv: LandmarkCoxTV, tiny) -> None:
+    s = LANDMARKS[0]
+    other = _perturbed_after(cohort, s, tiny)
+    for split in ("train", "held_out"):
+        assert cox_tv.design(other, landmark=s, split=split).equals(cox_tv.design(cohort, landmark=s, split=split))
+    a = cox_tv.predict_risk(cohort, landmarks=[s], horizons=HORIZONS, split="held_out")
+    assert a.equals(cox_tv.predict_risk(other, landmarks=[s], horizons=HORIZONS, split="held_out"))
+    later = LANDMARKS[1]  # the perturbation is seen by a later landmark
+    b = cox_tv.predict_risk(cohort, landmarks=[later], horizons=HORIZONS, split="held_out")
+    assert not b.equals(cox_tv.predict_risk(other, landmarks=[later], horizons=HORIZONS, split="held_out"))
+
+
+def test_cox_tv_fits_on_train_subjects_only(cohort: Cohort, cox_tv: LandmarkCoxTV, tiny) -> None:
+    others = cohort.splits.filter(pl.col("split") != "train")["subject_id"].implode()
+    ev = cohort.events.with_columns(
+        numeric_value=pl.when(pl.col("subject_id").is_in(others))
+        .then(pl.col("numeric_value") * 1000)
+        .otherwise("numeric_value")
+    )
+    first = cohort.subjects.filter(pl.col("split") == "held_out").row(0, named=True)
+    extra = tiny.event_frame(
+        [
+            {"subject_id": first["subject_id"], "code": "SEX//other"},
+            {"subject_id": first["subject_id"], "time": first["time_zero"], "code": "LAB//new", "numeric_value": 4.0},
+        ]
+    )
+    changed = cohort.with_events(_sorted(pl.concat([ev, extra], how="diagonal_relaxed")))
+    refit = LandmarkCoxTV(landmarks=LANDMARKS).fit(changed)
+    assert refit.specs == cox_tv.specs
+    assert refit.coefficients().equals(cox_tv.coefficients())
+    train_ids = cohort.splits.filter(pl.col("split") == "train")["subject_id"].implode()
+    scaled = cohort.with_events(
+        cohort.events.with_columns(
+            numeric_value=pl.when(pl.col("subject_id").is_in(train_ids) & (pl.col("code") == "LAB//a"))
+            .then(pl.col("numeric_value") * 3)
+            .otherwise("numeric_value")
+        )
+    )
+    assert LandmarkCoxTV(landmarks=LANDMARKS).fit(scaled).specs != cox_tv.specs
+
+
+def test_cox_tv_failure_paths(cohort: Cohort, cox_tv: LandmarkCoxTV) -> None:
+    with pytest.raises(ModelStateError, match="LandmarkCoxTV is not fitted"):
+        LandmarkCoxTV().predict_risk(cohort, landmarks=[100], horizons=[30])
+    with pytest.raises(ModelStateError, match="not fitted"):
+        LandmarkCoxTV().coefficients()
+    with pytest.raises(ConfigError, match="LandmarkCoxTV needs penalizer >= 0"):
+        LandmarkCoxTV(penalizer=-0.1)
+    with pytest.raises(ConfigError, match="'landmarks' must be a non-empty list of finite days >= 0"):
+        cox_tv.predict_risk(cohort, landmarks=[-5.0], horizons=[30])
+    with pytest.raises(ConfigError, match="'times' must be a non-empty list"):
+        cox_tv.predict_survival(cohort, landmarks=[100.0], times=[])
+    with pytest.raises(OutcomeError, match=r"LandmarkCoxTV was fitted for outcomes \['MEDS_DEATH', 'TRANSPLANT'\]"):
+        cox_tv.predict_risk(Cohort.from_events(cohort.events, splits=cohort.splits), landmarks=[100], horizons=[30])
+    assert LandmarkCoxTV().specs == {}
+
+
+def test_cox_tv_is_resolved_by_name_in_the_harness(cohort: Cohort, cox_tv: LandmarkCoxTV) -> None:
+    from migpt_traj.evaluation.harness import evaluate, resolve_baselines
+
+    resolved = resolve_baselines(["cox_tv"], landmarks=LANDMARKS)
+    assert isinstance(resolved["cox_tv"], LandmarkCoxTV) and resolved["cox_tv"].landmarks == LANDMARKS
+    rep = evaluate(cox_tv, cohort, landmarks=LANDMARKS, horizons=HORIZONS[:2], baselines=["cox_tv"], n_bootstrap=0)
+    rows = rep.metrics.filter((pl.col("model") == "cox_tv") & (pl.col("status") == "ok"))
+    assert rows.height > 0
+    main = rep.metrics.filter(pl.col("model") != "cox_tv").select(pl.exclude("model"))
+    assert rows.select(pl.exclude("model")).sort(pl.all()).equals(main.filter(pl.col("status") == "ok").sort(pl.all()))
+
+
+def test_pbc2_cox_tv_discriminates() -> None:
+    from migpt_traj.datasets import load_pbc2
+
+    start = time.perf_counter()
+    pbc = load_pbc2(split_seed=0)
+    s, h = 365.25, 1095.75
+    pred = LandmarkCoxTV(landmarks=[s]).fit(pbc).predict_risk(pbc, landmarks=[s], horizons=[h], split="held_out")
+    held, train = (pbc.labels(landmarks=[s], split=sp) for sp in ("held_out", "train"))
+    risk = held.select("subject_id").join(_risk(pred, landmark=s, event="MEDS_DEATH", horizon=h), on="subject_id")
+    auc = cumulative_dynamic_auc(
+        held["duration_days"].to_numpy(),
+        _codes(held, pbc.outcomes),
+        risk["risk"].to_numpy(),
+        h,
+        train_time=train["duration_days"].to_numpy(),
+        train_event=_codes(train, pbc.outcomes),
+    )
+    assert auc > 0.75
+    assert time.perf_counter() - start < 30

@@ -35,9 +35,9 @@ __all__ = [
 ]
 
 # Classical landmark baselines (Null / Cox / RSF) with the TrajectoryModel.predict_risk contract.
-from migpt_traj.evaluation.baselines import LandmarkCox, LandmarkRSF, NullModel
+from migpt_traj.evaluation.baselines import LandmarkCox, LandmarkCoxTV, LandmarkRSF, NullModel
 
-__all__ += ["LandmarkCox", "LandmarkRSF", "NullModel"]
+__all__ += ["LandmarkCox", "LandmarkCoxTV", "LandmarkRSF", "NullModel"]
 
 # The cohort evaluation (TRIPOD+AI): evaluate → EvaluationReport (tables, HTML, JSON) with a leakage audit.
 from migpt_traj.evaluation.harness import evaluate  # noqa: E402

@@ -4,6 +4,9 @@
   landmark; the same risk for everyone at a landmark (the "no information" reference).
 * :class:`LandmarkCox`: per landmark, one cause-specific Cox model per outcome (lifelines, small ridge penalty) on
   the as-of features of :class:`FeatureSpec`; cumulative incidence from all cause-specific hazards together.
+* :class:`LandmarkCoxTV`: one Cox model with time-varying covariates per outcome (lifelines
+  ``CoxTimeVaryingFitter``) on ``(start, stop]`` intervals from time zero, predicting from any landmark with the
+  covariates as of the landmark held fixed.
 * :class:`LandmarkRSF`: per landmark, a scikit-survival random survival forest on the same features, primary
   outcome only.
 
@@ -13,10 +16,7 @@ Every model is fitted on the train split only (subjects at risk at the landmark,
 landmark_days, event, horizon_days, risk``, risk = cumulative incidence of ``event`` in ``(t, t + h]`` (higher =
 worse), for the subjects at risk at each landmark (days after time zero).
 
-**Features as of the landmark** (:func:`raw_features`): only events whose ``available_time`` (else ``time``) is
-``<= prediction_time``. The last value (latest ``time``) of every numeric measurement code seen in the train
-split, age in years at the prediction time, 0/1 indicators of the train split's static codes and of treatment
-codes started by then, and days since the last measurement of any of those codes.
+Features as of the landmark: see :mod:`migpt_traj.evaluation._features` (:func:`raw_features`, re-exported here).
 """
 
 from __future__ import annotations
@@ -29,8 +29,9 @@ import numpy as np
 import polars as pl
 from numpy.typing import NDArray
 
-from migpt_traj.data.cohort import Cohort, Split, duration_to_days
+from migpt_traj.data.cohort import Cohort, Split
 from migpt_traj.errors import ConfigError, ModelStateError, OutcomeError
+from migpt_traj.evaluation._features import _KEYS, FeatureSpec, FeatureVocabulary, interval_starts, raw_features
 from migpt_traj.evaluation._km import aalen_johansen
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "FeatureSpec",
     "FeatureVocabulary",
     "LandmarkCox",
+    "LandmarkCoxTV",
     "LandmarkRSF",
     "NullModel",
     "raw_features",
@@ -45,200 +47,7 @@ __all__ = [
 
 #: Landmarks (days after time zero) fitted by default: 1, 3 and 5 years.
 DEFAULT_LANDMARKS: tuple[float, ...] = (365.25, 1095.75, 1826.25)
-_KEYS = ("subject_id", "prediction_time")
-_AGE = "age_years"
-_SINCE = "days_since_last_measurement"
-_MISSING = "__missing"
 _Model = TypeVar("_Model", bound="_Landmarks")
-
-
-# ---------------------------------------------------------------------------------------------------- features
-@dataclass(frozen=True)
-class FeatureVocabulary:
-    """The codes that become features, by role, read from the train split's events only.
-
-    Attributes:
-        numeric: timed measurement codes (with a ``numeric_value``; not notes, images or treatments).
-        static: codes of static rows (null ``time``), as 0/1 indicators.
-        treatment: treatment codes (``TREATMENT//`` prefix by default), as 0/1 "started by then" indicators.
-    """
-
-    numeric: tuple[str, ...]
-    static: tuple[str, ...]
-    treatment: tuple[str, ...]
-
-    @classmethod
-    def from_train(cls, cohort: Cohort) -> FeatureVocabulary:
-        """Codes of the train split (outcomes, birth and end of follow-up are never inputs)."""
-        conv = cohort.conventions
-        excluded = [*cohort.outcomes, conv.birth_code, conv.end_of_followup_code]
-        ev = (
-            cohort.events.lazy()
-            .join(cohort.splits.lazy().filter(pl.col("split") == "train"), on="subject_id", how="semi")
-            .filter(~pl.col("code").is_in(excluded))
-            .select("code", modality=conv.modality_expr())
-            .unique()
-            .collect()
-        )
-
-        def codes(modality: str) -> tuple[str, ...]:
-            return tuple(sorted(ev.filter(pl.col("modality") == modality)["code"].to_list()))
-
-        numeric, treatment = codes("measurement"), codes("treatment")
-        static = tuple(c for c in codes("static") if c not in numeric and c not in treatment)
-        return cls(numeric=numeric, static=static, treatment=treatment)
-
-
-def raw_features(cohort: Cohort, samples: pl.DataFrame, vocabulary: FeatureVocabulary) -> pl.DataFrame:
-    """As-of features of ``samples`` (rows ``subject_id, prediction_time``), before imputation and scaling.
-
-    Vectorised: one join of the samples with the events of the vocabulary's codes, one group-by. Only events
-    available at or before the prediction time (``available_time`` if the column exists and is set, else ``time``)
-    enter; static rows always.
-
-    Returns:
-        ``subject_id, prediction_time`` in the order of ``samples``, then one Float64 column per numeric code (its
-        latest value, null if never measured), ``age_years`` (null without a birth code),
-        ``days_since_last_measurement`` (null if none) and a 0/1 column per static and treatment code.
-    """
-    ev = cohort.events
-    avail = pl.coalesce("available_time", "time") if "available_time" in ev.columns else pl.col("time")
-    keys = samples.select(*_KEYS).unique()
-    code, numeric = pl.col("code"), list(vocabulary.numeric)
-    used = ev.lazy().filter(pl.col("time").is_not_null() & code.is_in([*numeric, *vocabulary.treatment]))
-    timed = (
-        keys.lazy()
-        .join(used, on="subject_id", how="inner")
-        .filter(avail <= pl.col("prediction_time"))
-        .sort("subject_id", "prediction_time", "time", avail, maintain_order=True)
-    )
-    is_meas = code.is_in(numeric) & pl.col("numeric_value").is_not_null()
-    value = pl.col("numeric_value").cast(pl.Float64)
-    agg = timed.group_by(*_KEYS).agg(
-        *[value.filter(code == c).last().alias(c) for c in vocabulary.numeric],
-        pl.col("time").filter(is_meas).max().alias("_last"),
-        *[(code == c).any().cast(pl.Float64).alias(c) for c in vocabulary.treatment],
-    )
-    static = (
-        ev.lazy()
-        .filter(pl.col("time").is_null())
-        .group_by("subject_id")
-        .agg(*[(code == c).any().cast(pl.Float64).alias(c) for c in vocabulary.static])
-    )
-    birth = cohort.subjects.lazy().select("subject_id", "birth_time")
-    t = pl.col("prediction_time")
-    flags = [*vocabulary.static, *vocabulary.treatment]
-    return (
-        samples.lazy()
-        .select(*_KEYS)
-        .join(agg, on=list(_KEYS), how="left", maintain_order="left")
-        .join(static, on="subject_id", how="left", maintain_order="left")
-        .join(birth, on="subject_id", how="left", maintain_order="left")
-        .with_columns(
-            duration_to_days(t - pl.col("birth_time")).truediv(365.25).alias(_AGE),
-            duration_to_days(t - pl.col("_last")).alias(_SINCE),
-            *[pl.col(c).fill_null(0.0) for c in flags],
-        )
-        .select(*_KEYS, *numeric, _AGE, _SINCE, *flags)
-        .collect()
-    )
-
-
-@dataclass(frozen=True)
-class FeatureSpec:
-    """Train-only statistics that turn :func:`raw_features` into a standardised design matrix (one landmark).
-
-    Continuous columns (numeric codes, age, days since the last measurement) that are strictly positive in train
-    with train skewness above a threshold are log-transformed (renamed ``log(<column>)``); a missing value becomes
-    the train median (after the log), plus a 0/1 ``<column>__missing`` indicator for columns with missing values in
-    train (a column complete in train gets no indicator: held-out gaps are imputed silently). Every column is then
-    centred and scaled by its train mean and standard deviation; columns constant in train, and columns equal to
-    an earlier one or its complement in train (``SEX//male`` after ``SEX//female``), are dropped.
-
-    Attributes:
-        vocabulary: codes by role, from the train split.
-        continuous: the raw continuous columns considered.
-        log_columns: the ones log-transformed.
-        medians: train median of each continuous column (after the log; 0 if never observed).
-        missing_indicators: continuous columns that get a missing indicator.
-        columns: the design's columns, in order.
-        means: train mean of each design column.
-        scales: train standard deviation (ddof 0) of each design column.
-    """
-
-    vocabulary: FeatureVocabulary
-    continuous: tuple[str, ...]
-    log_columns: tuple[str, ...]
-    medians: tuple[float, ...]
-    missing_indicators: tuple[str, ...]
-    columns: tuple[str, ...]
-    means: tuple[float, ...]
-    scales: tuple[float, ...]
-
-    @classmethod
-    def fit(cls, raw: pl.DataFrame, vocabulary: FeatureVocabulary, *, log_skew_threshold: float = 1.0) -> FeatureSpec:
-        """Fit on the raw features of train samples only (the caller's responsibility: see ``_Landmarks.fit``)."""
-        continuous = (*vocabulary.numeric, _AGE, _SINCE)
-        logs = tuple(c for c in continuous if _positive_and_skewed(raw[c], log_skew_threshold))
-        logged = raw.with_columns(pl.col(c).log() for c in logs)
-        medians = tuple(_median(logged[c]) for c in continuous)
-        indicators = tuple(c for c in continuous if logged[c].null_count())
-        full = cls(vocabulary, continuous, logs, medians, indicators, (), (), ())._expand(raw)
-        values = full.to_numpy().astype(np.float64).reshape(full.height, full.width)
-        mean, std = values.mean(axis=0), values.std(axis=0)
-        z = (values - mean) / np.where(std > 1e-12, std, 1.0)
-        keep: list[int] = []
-        for i in range(full.width):  # a few dozen columns: drop constants and exact (anti-)copies of a kept one
-            copy = any(abs(z[:, i] @ z[:, j]) >= (1 - 1e-9) * full.height for j in keep)
-            if std[i] > 1e-12 and not copy:
-                keep.append(i)
-        return cls(
-            vocabulary,
-            continuous,
-            logs,
-            medians,
-            indicators,
-            tuple(full.columns[i] for i in keep),
-            tuple(float(mean[i]) for i in keep),
-            tuple(float(std[i]) for i in keep),
-        )
-
-    def _expand(self, raw: pl.DataFrame) -> pl.DataFrame:
-        """Log, impute and add indicators (unscaled), every candidate column."""
-        logs = set(self.log_columns)
-        named = {c: f"log({c})" if c in logs else c for c in self.continuous}
-        flags = [*self.vocabulary.static, *self.vocabulary.treatment]
-        return raw.select(
-            *[
-                (pl.col(c).log() if c in logs else pl.col(c)).fill_null(m).alias(named[c])
-                for c, m in zip(self.continuous, self.medians, strict=True)
-            ],
-            *[pl.col(c).is_null().cast(pl.Float64).alias(f"{named[c]}{_MISSING}") for c in self.missing_indicators],
-            *[pl.col(c).cast(pl.Float64) for c in flags],
-        )
-
-    def design(self, raw: pl.DataFrame) -> pl.DataFrame:
-        """The standardised design (columns :attr:`columns`) of raw features computed with this vocabulary."""
-        full = self._expand(raw)
-        return full.select(
-            ((pl.col(c) - m) / s).alias(c) for c, m, s in zip(self.columns, self.means, self.scales, strict=True)
-        )
-
-    def matrix(self, raw: pl.DataFrame) -> NDArray[np.float64]:
-        return self.design(raw).to_numpy().astype(np.float64, copy=False).reshape(raw.height, len(self.columns))
-
-
-def _positive_and_skewed(column: pl.Series, threshold: float) -> bool:
-    values = column.drop_nulls().cast(pl.Float64)
-    if values.len() < 3 or float(values.min()) <= 0:  # type: ignore[arg-type]
-        return False
-    skew = values.skew()
-    return skew is not None and bool(np.isfinite(skew)) and float(skew) > threshold
-
-
-def _median(column: pl.Series) -> float:
-    value = column.drop_nulls().cast(pl.Float64).median()
-    return 0.0 if value is None else float(value)  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------------------------------------- common
@@ -258,6 +67,33 @@ def _event_codes(labels: pl.DataFrame, outcomes: Sequence[str]) -> NDArray[np.in
     """0 = censored, k = ``outcomes[k - 1]``."""
     mapping = {o: i + 1 for i, o in enumerate(outcomes)}
     return labels["event"].replace_strict(mapping, default=0, return_dtype=pl.Int64).to_numpy()
+
+
+def _risk_frame(
+    labels: pl.DataFrame, events: Sequence[str], cif: NDArray[np.float64], h: NDArray[np.float64]
+) -> pl.DataFrame:
+    """The ``predict_risk`` rows of one landmark from a cumulative incidence array ``(n, K, H)``."""
+    n, k, nh = cif.shape
+    return pl.DataFrame(
+        {
+            "subject_id": np.repeat(labels["subject_id"].to_numpy(), k * nh),
+            "prediction_time": labels["prediction_time"].gather(np.repeat(np.arange(n), k * nh)),
+            "landmark_days": np.repeat(labels["landmark_days"].to_numpy(), k * nh),
+            "event": np.tile(np.repeat(np.asarray(events, dtype=object), nh), n),
+            "horizon_days": np.tile(h, n * k),
+            "risk": np.clip(cif, 0.0, 1.0).reshape(-1),
+        },
+        schema_overrides={"event": pl.String, "landmark_days": pl.Float64},
+    )
+
+
+def _survival_frame(labels: pl.DataFrame, surv: NDArray[np.float64], h: NDArray[np.float64]) -> pl.DataFrame:
+    """The ``predict_survival`` rows of one landmark from an overall survival array ``(n, H)``."""
+    return (
+        labels.select(*_KEYS, "landmark_days")
+        .with_columns(time_days=pl.lit(h.tolist()), survival=pl.Series(surv.tolist()))
+        .explode("time_days", "survival")
+    )
 
 
 @dataclass(frozen=True)
@@ -359,21 +195,7 @@ class _Landmarks:
             data = self._data(cohort, s, split, spec.vocabulary if spec else None)
             x = spec.matrix(data.raw) if spec else None
             events, cif = self._predict_landmark(self._fits[s], x, data.labels.height, h)  # (n, K, H)
-            n, k, nh = cif.shape
-            lab = data.labels
-            frames.append(
-                pl.DataFrame(
-                    {
-                        "subject_id": np.repeat(lab["subject_id"].to_numpy(), k * nh),
-                        "prediction_time": lab["prediction_time"].gather(np.repeat(np.arange(n), k * nh)),
-                        "landmark_days": np.repeat(lab["landmark_days"].to_numpy(), k * nh),
-                        "event": np.tile(np.repeat(np.asarray(events, dtype=object), nh), n),
-                        "horizon_days": np.tile(h, n * k),
-                        "risk": np.clip(cif, 0.0, 1.0).reshape(-1),
-                    },
-                    schema_overrides={"event": pl.String, "landmark_days": pl.Float64},
-                )
-            )
+            frames.append(_risk_frame(data.labels, events, cif, h))
         return pl.concat(frames).sort("subject_id", "prediction_time", maintain_order=True)
 
     # subclasses
@@ -467,6 +289,19 @@ def _competing_cif(
     return cif_h.astype(np.float64), surv_h.astype(np.float64)
 
 
+def _coefficients(
+    outcomes: Sequence[str], hazards: Sequence[_CauseHazard | None], columns: Sequence[str]
+) -> pl.DataFrame:
+    """``event, feature, coef`` of the fitted causes (a cause without train events has no rows)."""
+    rows = [
+        (event, col, float(b))
+        for event, hz in zip(outcomes, hazards, strict=True)
+        if hz is not None
+        for col, b in zip(columns, hz.beta, strict=True)
+    ]
+    return pl.DataFrame(rows, schema={"event": pl.String, "feature": pl.String, "coef": pl.Float64}, orient="row")
+
+
 class LandmarkCox(_Landmarks):
     """Per landmark, cause-specific Cox models (lifelines ``CoxPHFitter``, ridge ``penalizer``) on as-of features.
 
@@ -540,23 +375,13 @@ class LandmarkCox(_Landmarks):
         for s in self._require(landmarks, cohort):
             data = self._data(cohort, s, split, self.specs[s].vocabulary)
             surv = _competing_cif(self._fits[s], self.specs[s].matrix(data.raw), h)[1]
-            frames.append(
-                data.labels.select(*_KEYS, "landmark_days")
-                .with_columns(time_days=pl.lit(h.tolist()), survival=pl.Series(surv.tolist()))
-                .explode("time_days", "survival")
-            )
+            frames.append(_survival_frame(data.labels, surv, h))
         return pl.concat(frames).sort("subject_id", "prediction_time", maintain_order=True)
 
     def coefficients(self, landmark: float) -> pl.DataFrame:
         """``event, feature, coef`` at a fitted landmark: log hazard ratio per train SD of each design column."""
         (s,) = self._require([landmark])
-        rows = [
-            (event, col, float(b))
-            for event, hz in zip(self.outcomes, self._fits[s], strict=True)
-            if hz is not None
-            for col, b in zip(self.specs[s].columns, hz.beta, strict=True)
-        ]
-        return pl.DataFrame(rows, schema={"event": pl.String, "feature": pl.String, "coef": pl.Float64}, orient="row")
+        return _coefficients(self.outcomes, self._fits[s], self.specs[s].columns)
 
 
 class LandmarkRSF(_Landmarks):
@@ -624,3 +449,211 @@ class LandmarkRSF(_Landmarks):
         idx = np.searchsorted(fitted.unique_times_, horizons, side="right") - 1
         s_h = np.where(idx[None, :] < 0, 1.0, surv[:, np.maximum(idx, 0)])
         return self.outcomes[:1], (1.0 - s_h)[:, None, :]
+
+
+# ---------------------------------------------------------------------------------------------------- time-varying
+def _tv_breslow(
+    start: NDArray[np.float64], stop: NDArray[np.float64], event: NDArray[np.bool_], lp: NDArray[np.float64]
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Breslow jumps on ``(start, stop]`` rows: ``d(t) / Σ_{start < t <= stop} exp(lp)`` at each event time."""
+    times = np.unique(stop[event])
+    w = np.exp(lp)
+    by_stop, by_start = np.argsort(stop), np.argsort(start)
+    cum_stop = np.concatenate([[0.0], np.cumsum(w[by_stop])])
+    cum_start = np.concatenate([[0.0], np.cumsum(w[by_start])])
+    # rows with stop >= t minus rows with start >= t (start < stop, so those are a subset)
+    at_risk = (cum_stop[-1] - cum_stop[np.searchsorted(stop[by_stop], times, side="left")]) - (
+        cum_start[-1] - cum_start[np.searchsorted(start[by_start], times, side="left")]
+    )
+    deaths = np.bincount(np.searchsorted(times, stop[event]), minlength=times.shape[0]).astype(np.float64)
+    return times, deaths / at_risk
+
+
+def _hazard_after(hazard: _CauseHazard | None, s: float) -> _CauseHazard | None:
+    """The jumps strictly after ``s`` (days after time zero), re-timed as days after ``s``; None if there are none."""
+    if hazard is None or not (keep := hazard.times > s).any():
+        return None
+    return _CauseHazard(hazard.beta, hazard.times[keep] - s, hazard.jumps[keep])
+
+
+class LandmarkCoxTV:
+    """Cause-specific Cox models with time-varying covariates (lifelines ``CoxTimeVaryingFitter``), one per outcome.
+
+    **Fit** (train split only): every train subject at risk at time zero contributes ``(start, stop]`` intervals
+    from time zero (days), split at each availability time of a feature event (:func:`interval_starts`), with the
+    features of :class:`LandmarkCox` as of each interval's start (last observation carried forward; a value counts
+    from its ``available_time``, else ``time``). The standardisation (:class:`FeatureSpec`) is fitted on the train
+    intervals. A cause's model treats the other outcomes as censoring; a cause without train events gets zero
+    hazard. lifelines scales its penalty by the number of rows; ``penalizer`` is passed as ``penalizer * subjects /
+    intervals`` so its strength is per subject, as in :class:`LandmarkCox`, whatever the visit frequency.
+
+    **Prediction** from landmark ``s`` (days after time zero) for horizon ``h``, for the subjects at risk at ``s``:
+    the covariates as of ``s`` (``<=``) are **held fixed over** ``(s, s + h]`` — no forecast of future covariates,
+    the standard way to predict with a time-varying Cox model and a known limitation (risk is understated when
+    covariates keep worsening). With ``dH_k(t) = dH0_k(t) exp(x_s β_k)`` from the Breslow baseline hazards on the
+    combined jump times, conditional on being event-free at ``s``::
+
+        CIF_k(s, s + h) = Σ_{s < t <= s + h} S(t- | s) dH_k(t),   S(t | s) = exp(-Σ_k (H_k(t) - H_k(s)))
+
+    made exact for discrete jumps as in :class:`LandmarkCox`, so ``Σ_k CIF_k + S = 1``. Unlike the landmark models,
+    one fit serves every landmark: ``predict_risk`` accepts any landmark ``>= 0``; ``landmarks`` only records the
+    ones the harness evaluates. The baseline hazard is flat after the last train event time.
+
+    Args:
+        landmarks: landmarks to evaluate by default (days after time zero); prediction accepts any.
+        penalizer: ridge penalty on standardised features, per subject (see above).
+        l1_ratio: lifelines ``l1_ratio`` (0 = ridge).
+        log_skew_threshold: train skewness above which a strictly positive column is log-transformed.
+
+    Example:
+        >>> import migpt_traj as mt  # doctest: +SKIP
+        >>> cohort = mt.datasets.load_pbc2(split_seed=0)  # doctest: +SKIP
+        >>> tv = LandmarkCoxTV().fit(cohort)  # doctest: +SKIP
+        >>> tv.predict_risk(cohort, landmarks=[365.25], horizons=[1095.75], split="held_out")  # doctest: +SKIP
+    """
+
+    name = "LandmarkCoxTV"
+    uses_features = True
+
+    def __init__(
+        self,
+        *,
+        landmarks: Sequence[float] = DEFAULT_LANDMARKS,
+        penalizer: float = 0.1,
+        l1_ratio: float = 0.0,
+        log_skew_threshold: float = 1.0,
+    ) -> None:
+        if not (np.isfinite(penalizer) and penalizer >= 0) or not 0 <= l1_ratio <= 1:
+            raise ConfigError(
+                f"LandmarkCoxTV needs penalizer >= 0 and l1_ratio in [0, 1]; got {penalizer}, {l1_ratio}."
+            )
+        self.landmarks = tuple(float(s) for s in np.unique(_checked_days(landmarks, "landmarks")))
+        self.penalizer, self.l1_ratio = float(penalizer), float(l1_ratio)
+        self.log_skew_threshold = float(log_skew_threshold)
+        self.outcomes: tuple[str, ...] = ()
+        self.spec: FeatureSpec | None = None
+        self._hazards: list[_CauseHazard | None] = []  # times in days after time zero
+
+    def _long(self, cohort: Cohort, split: Split | None, vocab: FeatureVocabulary) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """The intervals of the subjects at risk at time zero in ``split``, and their raw features as of each start."""
+        long = interval_starts(cohort, cohort.labels(landmarks=[0.0], split=split), vocab)
+        return long, raw_features(cohort, long, vocab)
+
+    def fit(self, cohort: Cohort) -> LandmarkCoxTV:
+        """Fit one time-varying Cox model per outcome on the train intervals; nothing else is read.
+
+        Raises:
+            ConfigError: no train subject is at risk at time zero.
+        """
+        self.outcomes = tuple(cohort.outcomes)
+        vocab = FeatureVocabulary.from_train(cohort)
+        long, raw = self._long(cohort, "train", vocab)
+        if long.height == 0:
+            raise ConfigError(f"{self.name}: no train subject is at risk at time zero.")
+        spec = FeatureSpec.fit(raw, vocab, log_skew_threshold=self.log_skew_threshold)
+        x = spec.matrix(raw)
+        codes = _event_codes(long, self.outcomes)
+        rows = (long["subject_id"].to_numpy(), long["start_days"].to_numpy(), long["stop_days"].to_numpy())
+        penalizer = self.penalizer * long["subject_id"].n_unique() / long.height
+        self._hazards = [
+            self._fit_cause(x, rows, codes == k + 1, penalizer) if (codes == k + 1).any() else None
+            for k in range(len(self.outcomes))
+        ]
+        self.spec = spec
+        return self
+
+    def _fit_cause(
+        self, x: NDArray[np.float64], rows: tuple[Any, Any, Any], event: NDArray[np.bool_], penalizer: float
+    ) -> _CauseHazard:
+        ids, start, stop = rows
+        if not x.shape[1]:
+            return _CauseHazard(np.zeros(0), *_tv_breslow(start, stop, event, np.zeros(x.shape[0])))
+        import pandas as pd  # lifelines' input type; not in the hot path
+        from lifelines import CoxTimeVaryingFitter
+
+        frame = pd.DataFrame(x, columns=[f"x{i}" for i in range(x.shape[1])])
+        frame = frame.assign(_id=ids, _start=start, _stop=stop, _E=event)
+        ctv = CoxTimeVaryingFitter(penalizer=penalizer, l1_ratio=self.l1_ratio)
+        ctv.fit(frame, id_col="_id", event_col="_E", start_col="_start", stop_col="_stop")
+        beta = ctv.params_.to_numpy(dtype=np.float64)
+        # lifelines' baseline is at the train mean of the covariates: rescale it to a linear predictor of 0
+        centre = float(np.exp(-ctv._norm_mean.to_numpy(dtype=np.float64) @ beta))
+        cumulative = ctv.baseline_cumulative_hazard_.iloc[:, 0].to_numpy(dtype=np.float64) * centre
+        times = ctv.baseline_cumulative_hazard_.index.to_numpy(dtype=np.float64)
+        return _CauseHazard(beta, times, np.diff(cumulative, prepend=0.0))
+
+    def _spec(self, cohort: Cohort | None = None) -> FeatureSpec:
+        if self.spec is None:
+            raise ModelStateError(f"This {self.name} is not fitted; call fit(cohort) first.")
+        if cohort is not None and tuple(cohort.outcomes) != self.outcomes:
+            raise OutcomeError(
+                f"{self.name} was fitted for outcomes {list(self.outcomes)}; the cohort has {list(cohort.outcomes)}."
+            )
+        return self.spec
+
+    @property
+    def specs(self) -> dict[float, FeatureSpec]:
+        """The one standardisation, keyed by its time origin (0 days), as the landmark models' ``specs`` (read by
+        the leakage audit for the input codes); empty before ``fit``."""
+        return {} if self.spec is None else {0.0: self.spec}
+
+    def intervals(self, cohort: Cohort, *, split: Split | None = "train") -> pl.DataFrame:
+        """The long frame of the fit: ``subject_id, prediction_time, start_days, stop_days, event``, then the
+        standardised design columns as of each start (see :func:`interval_starts`)."""
+        spec = self._spec(cohort)
+        long, raw = self._long(cohort, split, spec.vocabulary)
+        return pl.concat([long, spec.design(raw)], how="horizontal")
+
+    def design(self, cohort: Cohort, *, landmark: float, split: Split | None = None) -> pl.DataFrame:
+        """The standardised as-of design at a landmark: ``subject_id, prediction_time``, then the columns."""
+        spec = self._spec(cohort)
+        (s,) = _checked_days([landmark], "landmark")
+        labels = cohort.labels(landmarks=[float(s)], split=split)
+        return pl.concat(
+            [labels.select(*_KEYS), spec.design(raw_features(cohort, labels, spec.vocabulary))], how="horizontal"
+        )
+
+    def _predict(
+        self, cohort: Cohort, landmarks: Sequence[float], split: Split | None, h: NDArray[np.float64]
+    ) -> list[tuple[pl.DataFrame, NDArray[np.float64], NDArray[np.float64]]]:
+        spec = self._spec(cohort)
+        out = []
+        for s in np.unique(_checked_days(landmarks, "landmarks")):
+            labels = cohort.labels(landmarks=[float(s)], split=split)
+            x = spec.matrix(raw_features(cohort, labels, spec.vocabulary))
+            after = [_hazard_after(hz, float(s)) for hz in self._hazards]
+            cif, surv = _competing_cif(after, x, h)
+            out.append((labels, cif, surv))
+        return out
+
+    def predict_risk(
+        self, cohort: Cohort, *, horizons: Sequence[float], landmarks: Sequence[float], split: Split | None = None
+    ) -> pl.DataFrame:
+        """Cumulative incidence of each outcome within each horizon (days) after each landmark (days after time
+        zero), for the subjects at risk there, from the covariates available at the landmark (``<=``), held fixed.
+
+        Returns:
+            ``subject_id, prediction_time, landmark_days, event, horizon_days, risk`` (as TrajectoryModel), risk in
+            [0, 1], non-decreasing in ``horizon_days``.
+
+        Raises:
+            ModelStateError: not fitted.
+            OutcomeError: the cohort's outcomes differ from those of the fit.
+            ConfigError: bad horizons or landmarks.
+        """
+        h = _checked_days(horizons, "horizons")
+        frames = [_risk_frame(lab, self.outcomes, cif, h) for lab, cif, _ in self._predict(cohort, landmarks, split, h)]
+        return pl.concat(frames).sort("subject_id", "prediction_time", maintain_order=True)
+
+    def predict_survival(
+        self, cohort: Cohort, *, times: Sequence[float], landmarks: Sequence[float], split: Split | None = None
+    ) -> pl.DataFrame:
+        """Probability of no outcome of any kind within ``times`` days: ``subject_id, prediction_time,
+        landmark_days, time_days, survival`` (as TrajectoryModel); ``survival + Σ_k risk_k = 1``."""
+        h = _checked_days(times, "times")
+        frames = [_survival_frame(lab, surv, h) for lab, _, surv in self._predict(cohort, landmarks, split, h)]
+        return pl.concat(frames).sort("subject_id", "prediction_time", maintain_order=True)
+
+    def coefficients(self) -> pl.DataFrame:
+        """``event, feature, coef``: log hazard ratio per train SD (over intervals) of each design column."""
+        return _coefficients(self.outcomes, self._hazards, self._spec().columns)
