@@ -1,4 +1,4 @@
-"""PBC2 quality benchmark: the migpt_traj transformer against Null, landmark Cox and landmark RSF baselines.
+"""PBC2 quality benchmark: the migpt_traj transformer against Null, landmark Cox, time-varying Cox and landmark RSF.
 
 For split seeds ``0..K-1`` (subject-level splits drawn by ``load_pbc2(split_seed=s)``: 70 % train, 15 % tuning,
 15 % held out), every model is fitted through its public API (train split; the transformer also early-stops on
@@ -41,14 +41,20 @@ from _common import REPO, git_state, machine_info, markdown_table, mean_interval
 import migpt_traj as mt
 from migpt_traj.errors import ValueRangeError
 from migpt_traj.evaluation import brier_score, cumulative_dynamic_auc
-from migpt_traj.evaluation.baselines import LandmarkCox, LandmarkRSF, NullModel
+from migpt_traj.evaluation.baselines import LandmarkCox, LandmarkCoxTV, LandmarkRSF, NullModel
 
 LANDMARKS = (365.25, 1095.75, 1826.25)
 HORIZONS = (365.25, 1095.75, 1826.25)
 MIN_DEATHS = 5
 PRIMARY = "MEDS_DEATH"
-MODELS = ("null", "cox", "rsf", "transformer")
-LABELS = {"null": "Null (AJ)", "cox": "Landmark Cox", "rsf": "Landmark RSF", "transformer": "Transformer"}
+MODELS = ("null", "cox", "cox_tv", "rsf", "transformer")
+LABELS = {
+    "null": "Null (AJ)",
+    "cox": "Landmark Cox",
+    "cox_tv": "Time-varying Cox",
+    "rsf": "Landmark RSF",
+    "transformer": "Transformer",
+}
 METRICS = ("auc", "brier")
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "pbc2_quality"
 VERSIONS = ("migpt-traj", "torch", "lightning", "polars", "numpy", "scipy", "lifelines", "scikit-survival", "pandas")
@@ -66,6 +72,7 @@ def _model_factories(args: argparse.Namespace, seed: int) -> dict[str, Callable[
     return {
         "null": lambda: NullModel(landmarks=LANDMARKS),
         "cox": lambda: LandmarkCox(landmarks=LANDMARKS, penalizer=args.cox_penalizer),
+        "cox_tv": lambda: LandmarkCoxTV(landmarks=LANDMARKS, penalizer=args.cox_penalizer),
         "rsf": lambda: LandmarkRSF(landmarks=LANDMARKS, n_estimators=args.rsf_trees, random_state=seed),
         "transformer": lambda: mt.TrajectoryModel.from_config(args.config, **overrides),
     }
@@ -74,7 +81,7 @@ def _model_factories(args: argparse.Namespace, seed: int) -> dict[str, Callable[
 def _describe(name: str, model: Any) -> dict[str, Any]:
     if name == "transformer":
         return {"config": model.config.to_dict(), "history": model.history}
-    if name == "cox":
+    if name in ("cox", "cox_tv"):
         return {"penalizer": model.penalizer, "l1_ratio": model.l1_ratio, "log_skew": model.log_skew_threshold}
     if name == "rsf":
         return {"forest": model.forest_options, "log_skew": model.log_skew_threshold}
