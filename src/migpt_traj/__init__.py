@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from migpt_traj.api import TrajectoryModel
     from migpt_traj.config import TrajectoryConfig
     from migpt_traj.evaluation import EvaluationReport, evaluate
+    from migpt_traj.tracking import TrackedRun, track_fit, tune
 
 __version__ = "0.1.0"
 
@@ -32,6 +33,7 @@ __all__ = [
     "CodeConventions",
     "Cohort",
     "EvaluationReport",
+    "TrackedRun",
     "TrajectoryConfig",
     "TrajectoryModel",
     "__version__",
@@ -40,6 +42,8 @@ __all__ = [
     "errors",
     "evaluate",
     "evaluation",
+    "track_fit",
+    "tune",
 ]
 
 _LAZY = {
@@ -49,6 +53,9 @@ _LAZY = {
     "evaluation": ("migpt_traj.evaluation", None),
     "evaluate": ("migpt_traj.evaluation", "evaluate"),
     "EvaluationReport": ("migpt_traj.evaluation", "EvaluationReport"),
+    "TrackedRun": ("migpt_traj.tracking", "TrackedRun"),
+    "track_fit": ("migpt_traj.tracking", "track_fit"),
+    "tune": ("migpt_traj.tracking", "tune"),
 }
 
 

@@ -25,7 +25,7 @@ from migpt_traj.data.preprocess import Preprocessor
 from migpt_traj.data.tensorize import TokenTable, tensorize, training_queries
 from migpt_traj.errors import ConfigError, ModelStateError, OutcomeError, SchemaError
 from migpt_traj.model.module import TrajectoryModule, bin_edges, initial_log_hazard
-from migpt_traj.model.survival import survival_function
+from migpt_traj.model.survival import cumulative_incidence, survival_function
 
 __all__ = ["TrajectoryModel"]
 
@@ -81,6 +81,24 @@ class _BestWeights(pl_light.Callback):
                 save_file({k: v.contiguous() for k, v in self.state.items()}, str(self.directory / "best.safetensors"))
 
 
+class _LossCurves(pl_light.Callback):
+    """Records the epoch-mean train and tuning losses (``train_loss``, ``val_loss``) after each epoch."""
+
+    def __init__(self) -> None:
+        self.train: list[float] = []
+        self.val: list[float] = []
+
+    def on_train_epoch_end(self, trainer: pl_light.Trainer, module: pl_light.LightningModule) -> None:
+        loss = trainer.callback_metrics.get("train_loss")
+        if loss is not None:
+            self.train.append(float(loss))
+
+    def on_validation_epoch_end(self, trainer: pl_light.Trainer, module: pl_light.LightningModule) -> None:
+        loss = trainer.callback_metrics.get("val_loss")
+        if loss is not None and not trainer.sanity_checking:
+            self.val.append(float(loss))
+
+
 class TrajectoryModel:
     """Time-aware multimodal transformer with a competing-risk survival head.
 
@@ -126,11 +144,20 @@ class TrajectoryModel:
         return self._note_encoder
 
     # ------------------------------------------------------------------ fit
-    def fit(self, cohort: Cohort, *, run_dir: str | Path | None = None) -> TrajectoryModel:
+    def fit(
+        self,
+        cohort: Cohort,
+        *,
+        run_dir: str | Path | None = None,
+        callbacks: Sequence[pl_light.Callback] = (),
+        logger: Any = False,
+    ) -> TrajectoryModel:
         """Fit on the train split, early-stopping on the tuning split's likelihood.
 
         Nothing from tuning or held-out subjects reaches the fitted statistics (vocabulary, normalisers, time
-        bins); tuning subjects only pick the epoch.
+        bins); tuning subjects only pick the epoch. ``callbacks`` (e.g. a pruning callback on ``val_loss``) and
+        ``logger`` (a Lightning logger, default none) are handed to the Trainer. ``history`` records
+        ``train_loss`` and ``val_loss`` per epoch (epoch-mean negative log-likelihood).
         """
         cfg = self.config
         if cfg.outcomes is not None and tuple(cfg.outcomes) != tuple(cohort.outcomes):
@@ -178,10 +205,11 @@ class TrajectoryModel:
         )
         data = TrajectoryDataModule(train, tables["tuning"], batch_size=cfg.batch_size, seed=cfg.seed)
         best = _BestWeights(Path(run_dir) / "checkpoints" if run_dir is not None else None)
-        callbacks: list[pl_light.Callback] = [best]
+        curves = _LossCurves()
+        all_callbacks: list[pl_light.Callback] = [best, curves, *callbacks]
         has_tuning = data.tuning_set is not None
         if has_tuning:
-            callbacks.append(pl_light.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience))
+            all_callbacks.append(pl_light.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience))
         with tempfile.TemporaryDirectory() as tmp, _quiet_lightning(cfg.progress):
             root = Path(run_dir) if run_dir is not None else Path(tmp)
             trainer = pl_light.Trainer(
@@ -192,9 +220,9 @@ class TrajectoryModel:
                 deterministic=cfg.deterministic,
                 enable_progress_bar=cfg.progress,
                 enable_model_summary=False,
-                logger=False,
+                logger=logger,
                 enable_checkpointing=False,
-                callbacks=callbacks,
+                callbacks=all_callbacks,
                 gradient_clip_val=1.0,
                 default_root_dir=str(root),
                 num_sanity_val_steps=0,
@@ -209,6 +237,8 @@ class TrajectoryModel:
             "epochs_run": trainer.current_epoch,
             "train_samples": train.n_samples,
             "train_queries": int(labelled.sum()),
+            "train_loss": curves.train,
+            "val_loss": curves.val,
         }
         return self
 
@@ -293,6 +323,21 @@ class TrajectoryModel:
             raise ConfigError(f"Horizons must be a non-empty list of finite days >= 0; got {list(horizons)}.")
         return torch.tensor(h, dtype=torch.float32)
 
+    def _predict_hazards(
+        self,
+        cohort: Cohort,
+        landmarks: Sequence[float] | None,
+        prediction_times: pl.DataFrame | None,
+        split: Split | None,
+    ) -> tuple[pl.DataFrame, torch.Tensor, torch.Tensor]:
+        """At-risk samples, their ``(S, K, J)`` log hazards as of each prediction time, and the bin edges."""
+        module = self._require_fit()
+        samples = self._prediction_samples(cohort, landmarks, prediction_times, split)
+        table = self._tensorize(
+            cohort, samples.rename({"prediction_time": "cutoff_time"}).select("subject_id", "cutoff_time")
+        )
+        return samples, self._log_hazards(table), module.edges
+
     def predict_risk(
         self,
         cohort: Cohort,
@@ -312,15 +357,9 @@ class TrajectoryModel:
             polars frame ``subject_id, prediction_time, landmark_days, event, horizon_days, risk`` with risk in
             [0, 1], non-decreasing in ``horizon_days``; summed over events it equals ``1 - survival``.
         """
-        module = self._require_fit()
         tau = self._checked_horizons(horizons)
-        samples = self._prediction_samples(cohort, landmarks, prediction_times, split)
-        table = self._tensorize(
-            cohort, samples.rename({"prediction_time": "cutoff_time"}).select("subject_id", "cutoff_time")
-        )
-        from migpt_traj.model.survival import cumulative_incidence
-
-        cif = cumulative_incidence(self._log_hazards(table), module.edges, tau).numpy()  # (S, K, H)
+        samples, log_hazard, edges = self._predict_hazards(cohort, landmarks, prediction_times, split)
+        cif = cumulative_incidence(log_hazard, edges, tau).numpy()  # (S, K, H)
         n, k, h = cif.shape
         return pl.DataFrame(
             {
@@ -345,13 +384,9 @@ class TrajectoryModel:
     ) -> pl.DataFrame:
         """Probability of no outcome of any kind within ``times`` days: ``subject_id, prediction_time,
         landmark_days, time_days, survival``."""
-        module = self._require_fit()
         tau = self._checked_horizons(times)
-        samples = self._prediction_samples(cohort, landmarks, prediction_times, split)
-        table = self._tensorize(
-            cohort, samples.rename({"prediction_time": "cutoff_time"}).select("subject_id", "cutoff_time")
-        )
-        surv = survival_function(self._log_hazards(table), module.edges, tau).numpy()  # (S, H)
+        samples, log_hazard, edges = self._predict_hazards(cohort, landmarks, prediction_times, split)
+        surv = survival_function(log_hazard, edges, tau).numpy()  # (S, H)
         n, h = surv.shape
         return pl.DataFrame(
             {

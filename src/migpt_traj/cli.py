@@ -1,4 +1,4 @@
-"""The ``migpt-traj`` command: demo, fit, predict, evaluate (same options as the API; YAML configs in ``configs/``)."""
+"""The ``migpt-traj`` command: demo, fit, predict, evaluate, tune (options as the API; YAML configs in ``configs/``)."""
 
 from __future__ import annotations
 
@@ -86,6 +86,35 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     out = report.save(args.out)
     print(report)
     print(f"Wrote {out / 'report.html'}, {out / 'report.json'} and {out / 'figures'}.")
+    return 0
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from migpt_traj.config import TrajectoryConfig
+    from migpt_traj.tracking.tuning import tune
+
+    config = TrajectoryConfig.from_yaml(args.config) if args.config else TrajectoryConfig()
+    if args.quiet:
+        config = config.replace(progress=False)
+    outcomes = args.outcomes or (",".join(config.outcomes) if config.outcomes else None)
+    cohort = _cohort(args.data, outcomes, args.split_seed)
+    study = tune(
+        cohort,  # type: ignore[arg-type]
+        search_space=args.search_space,
+        n_trials=args.trials,
+        storage=args.storage,
+        study_name=args.study_name,
+        objective=args.objective,
+        base_config=config,
+        landmarks=parse_days_list(args.landmarks, name="--landmarks"),
+        horizons=parse_days_list(args.horizons, name="--horizons") if args.horizons else None,
+        pruning=not args.no_pruning,
+        tracking_uri=args.tracking_uri,
+        seed=args.seed,
+    )
+    done = [t for t in study.trials if t.value is not None]
+    best = f"best {args.objective} {study.best_value:.4f} with {study.best_params}" if done else "no completed trial"
+    print(f"Study {args.study_name!r}: {len(study.trials)} trials in {args.storage}; {best}.")
     return 0
 
 
@@ -219,6 +248,24 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--quiet", action="store_true")
     ev.add_argument("--out", required=True, help="folder for report.html, report.json and figures/")
     ev.set_defaults(func=_cmd_evaluate)
+
+    tu = sub.add_parser("tune", help="Optuna search on the tuning split (resumable; workers may share a storage)")
+    tu.add_argument("--data", required=True, help="MEDS root")
+    tu.add_argument("--trials", type=int, required=True, help="trials this worker runs")
+    tu.add_argument("--storage", default="sqlite:///optuna.db", help="Optuna RDB storage URL")
+    tu.add_argument("--config", default=None, help="base YAML config (fields not tuned)")
+    tu.add_argument("--search-space", default=None, help="YAML search space (default: configs/search_space.yaml)")
+    tu.add_argument("--study-name", default="migpt_traj")
+    tu.add_argument("--objective", default="td_auc", choices=["td_auc", "ibs"])
+    tu.add_argument("--landmarks", default="0", help="landmarks of the objective, e.g. 0,1y")
+    tu.add_argument("--horizons", default=None, help="horizons of the objective (default: the config's)")
+    tu.add_argument("--no-pruning", action="store_true")
+    tu.add_argument("--tracking-uri", default=None, help="MLflow tracking URI: one nested run per trial")
+    tu.add_argument("--seed", type=int, default=0, help="sampler seed")
+    tu.add_argument("--outcomes", default=None)
+    tu.add_argument("--split-seed", type=int, default=0)
+    tu.add_argument("--quiet", action="store_true")
+    tu.set_defaults(func=_cmd_tune)
     return p
 
 
