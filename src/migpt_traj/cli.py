@@ -7,16 +7,20 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import polars as pl
 
 from migpt_traj.durations import parse_days_list
 from migpt_traj.errors import MigptTrajError
 
+if TYPE_CHECKING:
+    from migpt_traj.data.cohort import Cohort
+
 __all__ = ["main"]
 
 
-def _cohort(root: str, outcomes: str | None, seed: int) -> object:
+def _cohort(root: str, outcomes: str | None, seed: int) -> Cohort:
     from migpt_traj.data.cohort import Cohort
 
     codes = [c.strip() for c in outcomes.split(",")] if outcomes else ["MEDS_DEATH"]
@@ -38,7 +42,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     outcomes = args.outcomes or (",".join(config.outcomes) if config.outcomes else None)
     cohort = _cohort(args.data, outcomes, args.split_seed)
     model = TrajectoryModel(config, **overrides)
-    model.fit(cohort, run_dir=args.out)  # type: ignore[arg-type]
+    model.fit(cohort, run_dir=args.out)
     model.save(args.out)
     print(f"Saved model to {args.out} (best epoch {model.history.get('best_epoch')}).")
     return 0
@@ -51,7 +55,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     cohort = _cohort(args.data, args.outcomes or ",".join(model.outcomes), args.split_seed)
     split = None if args.split == "all" else args.split
     risk = model.predict_risk(
-        cohort,  # type: ignore[arg-type]
+        cohort,
         landmarks=parse_days_list(args.landmarks, name="--landmarks"),
         horizons=parse_days_list(args.horizons, name="--horizons"),
         split=split,
@@ -73,7 +77,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     subgroups = [c.strip() for c in args.subgroups.split(",") if c.strip()] if args.subgroups else None
     report = evaluate(
         model,
-        cohort,  # type: ignore[arg-type]
+        cohort,
         landmarks=parse_days_list(args.landmarks, name="--landmarks"),
         horizons=parse_days_list(args.horizons, name="--horizons"),
         baselines=baselines,
@@ -99,7 +103,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     outcomes = args.outcomes or (",".join(config.outcomes) if config.outcomes else None)
     cohort = _cohort(args.data, outcomes, args.split_seed)
     study = tune(
-        cohort,  # type: ignore[arg-type]
+        cohort,
         search_space=args.search_space,
         n_trials=args.trials,
         storage=args.storage,
@@ -161,15 +165,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_discrimination(cohort: object, risk: pl.DataFrame, *, landmarks: list[float], horizons: list[float]) -> None:
+def _print_discrimination(cohort: Cohort, risk: pl.DataFrame, *, landmarks: list[float], horizons: list[float]) -> None:
     """Held-out td-AUC for death per landmark × horizon (IPCW, censoring from the train split)."""
     try:
         from migpt_traj.evaluation.metrics import cumulative_dynamic_auc
     except ImportError:
         return
-    from migpt_traj.data.cohort import Cohort
-
-    assert isinstance(cohort, Cohort)
     rows = []
     for lm in landmarks:
         held = cohort.labels(landmarks=[lm], split="held_out")

@@ -130,9 +130,6 @@ class TrajectoryConfig:
         return out
 
 
-Accelerator = Literal["cpu", "gpu", "auto"]
-
-
 def bundled_config_path(name: Literal["pbc2", "synthetic"]) -> Path:
     """Path of a YAML config shipped with the package (the same files as the repository's ``configs/``)."""
     from importlib.resources import files
