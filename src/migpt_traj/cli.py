@@ -123,11 +123,15 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    # Wide tables for a terminal, for this command only (polars' Config as a context restores the defaults).
+    with pl.Config(tbl_rows=30, tbl_cols=20, tbl_width_chars=240, fmt_str_lengths=40):
+        return _demo(args)
+
+
+def _demo(args: argparse.Namespace) -> int:
     from migpt_traj.api import TrajectoryModel
     from migpt_traj.datasets import load_pbc2
 
-    pl.Config.set_tbl_rows(30)
-    pl.Config.set_tbl_cols(20)
     start = time.perf_counter()
     cohort = load_pbc2()
     print(cohort)
