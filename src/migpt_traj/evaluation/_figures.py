@@ -7,7 +7,7 @@ curves, decision curves and predicted-risk distributions by observed outcome.
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -93,6 +93,21 @@ def _grid_keys(frame: pl.DataFrame) -> tuple[list[float], list[float]]:
     return sorted(set(frame["landmark_days"].to_list())), sorted(set(frame["horizon_days"].to_list()))
 
 
+def _panels(
+    data: pl.DataFrame, axes: Any, *, event: str, landmarks: Sequence[float], horizons: Sequence[float]
+) -> Iterator[tuple[Any, pl.DataFrame]]:
+    """The landmark × horizon grid: titles every axis, marks empty cells, yields ``(ax, rows)`` for the others."""
+    for i, s in enumerate(landmarks):
+        for j, h in enumerate(horizons):
+            ax = axes[i, j]
+            panel = data.filter((pl.col("landmark_days") == s) & (pl.col("horizon_days") == h))
+            ax.set_title(f"{event} · landmark {_years(s)} · horizon {_years(h)}", fontsize=8)
+            if panel.height == 0:
+                _empty(ax, "not estimable\n(few events or no follow-up)")
+                continue
+            yield ax, panel
+
+
 def calibration_png(
     calibration: pl.DataFrame,
     *,
@@ -104,30 +119,23 @@ def calibration_png(
     """Landmarks × horizons: observed (Aalen–Johansen) vs mean predicted risk by group, and the smoothed curve."""
     data = calibration.filter(pl.col("event") == event)
     fig, axes = _figure(len(landmarks), len(horizons), width=3.2, height=3.2)
-    for i, s in enumerate(landmarks):
-        for j, h in enumerate(horizons):
-            ax = axes[i, j]
-            panel = data.filter((pl.col("landmark_days") == s) & (pl.col("horizon_days") == h))
-            ax.set_title(f"{event} · landmark {_years(s)} · horizon {_years(h)}", fontsize=8)
-            if panel.height == 0:
-                _empty(ax, "not estimable\n(few events or no follow-up)")
+    for ax, panel in _panels(data, axes, event=event, landmarks=landmarks, horizons=horizons):
+        top = float(np.nanmax(panel.select(pl.max_horizontal("predicted", "observed")).to_series().to_numpy()))
+        top = min(1.0, max(0.05, 1.1 * top))
+        ax.plot([0, top], [0, top], color="#999999", linewidth=0.8, linestyle="--")
+        for model in models:
+            m = panel.filter(pl.col("model") == model)
+            if m.height == 0:
                 continue
-            top = float(np.nanmax(panel.select(pl.max_horizontal("predicted", "observed")).to_series().to_numpy()))
-            top = min(1.0, max(0.05, 1.1 * top))
-            ax.plot([0, top], [0, top], color="#999999", linewidth=0.8, linestyle="--")
-            for model in models:
-                m = panel.filter(pl.col("model") == model)
-                if m.height == 0:
-                    continue
-                c = _color(models, model)
-                groups, curve = m.filter(pl.col("kind") == "group"), m.filter(pl.col("kind") == "curve")
-                ax.plot(curve["predicted"], curve["observed"], color=c, linewidth=1.2)
-                ax.scatter(groups["predicted"], groups["observed"], color=c, s=18, label=model, zorder=3)
-            ax.set_xlim(0, top)
-            ax.set_ylim(0, top)
-            ax.set_xlabel("predicted risk")
-            ax.set_ylabel("observed risk")
-            ax.legend(fontsize=7, loc="upper left")
+            c = _color(models, model)
+            groups, curve = m.filter(pl.col("kind") == "group"), m.filter(pl.col("kind") == "curve")
+            ax.plot(curve["predicted"], curve["observed"], color=c, linewidth=1.2)
+            ax.scatter(groups["predicted"], groups["observed"], color=c, s=18, label=model, zorder=3)
+        ax.set_xlim(0, top)
+        ax.set_ylim(0, top)
+        ax.set_xlabel("predicted risk")
+        ax.set_ylabel("observed risk")
+        ax.legend(fontsize=7, loc="upper left")
     return _png(fig)
 
 
@@ -137,26 +145,19 @@ def decision_png(
     """Landmarks × horizons: net benefit against the threshold probability, with treat-all and treat-none."""
     data = curves.filter(pl.col("event") == event)
     fig, axes = _figure(len(landmarks), len(horizons), width=3.4, height=3.0)
-    for i, s in enumerate(landmarks):
-        for j, h in enumerate(horizons):
-            ax = axes[i, j]
-            panel = data.filter((pl.col("landmark_days") == s) & (pl.col("horizon_days") == h))
-            ax.set_title(f"{event} · landmark {_years(s)} · horizon {_years(h)}", fontsize=8)
-            if panel.height == 0:
-                _empty(ax, "not estimable\n(few events or no follow-up)")
-                continue
-            ref = panel.filter(pl.col("model") == panel["model"][0]).sort("threshold")
-            ax.plot(ref["threshold"], ref["treat_all"], color="#7f7f7f", linestyle="--", linewidth=1, label="treat all")
-            ax.axhline(0.0, color="#000000", linewidth=0.8, label="treat none")
-            for model in models:
-                m = panel.filter(pl.col("model") == model).sort("threshold")
-                if m.height:
-                    ax.plot(m["threshold"], m["net_benefit"], color=_color(models, model), linewidth=1.4, label=model)
-            top = float(panel.select(pl.max_horizontal("net_benefit", "treat_all")).to_series().max() or 0.0)  # type: ignore[arg-type]
-            ax.set_ylim(-0.05 - 0.1 * max(top, 0.01), 1.15 * max(top, 0.01))
-            ax.set_xlabel("threshold probability")
-            ax.set_ylabel("net benefit")
-            ax.legend(fontsize=7, loc="upper right")
+    for ax, panel in _panels(data, axes, event=event, landmarks=landmarks, horizons=horizons):
+        ref = panel.filter(pl.col("model") == panel["model"][0]).sort("threshold")
+        ax.plot(ref["threshold"], ref["treat_all"], color="#7f7f7f", linestyle="--", linewidth=1, label="treat all")
+        ax.axhline(0.0, color="#000000", linewidth=0.8, label="treat none")
+        for model in models:
+            m = panel.filter(pl.col("model") == model).sort("threshold")
+            if m.height:
+                ax.plot(m["threshold"], m["net_benefit"], color=_color(models, model), linewidth=1.4, label=model)
+        top = float(panel.select(pl.max_horizontal("net_benefit", "treat_all")).to_series().max() or 0.0)  # type: ignore[arg-type]
+        ax.set_ylim(-0.05 - 0.1 * max(top, 0.01), 1.15 * max(top, 0.01))
+        ax.set_xlabel("threshold probability")
+        ax.set_ylabel("net benefit")
+        ax.legend(fontsize=7, loc="upper right")
     return _png(fig)
 
 
