@@ -46,6 +46,7 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
+from migpt_traj._progress import track
 from migpt_traj.errors import ConfigError, MigptTrajWarning, SchemaError, did_you_mean
 
 __all__ = ["DEFAULT_NOTE_MODEL", "NoteEncoder", "NoteEncoderConfig", "default_cache_dir"]
@@ -86,6 +87,8 @@ class NoteEncoderConfig:
         device: torch device for the model, e.g. ``"cpu"`` or ``"cuda:0"``; not part of the cache identity.
         cache_dir: cache root; ``None`` means :func:`default_cache_dir`.
         use_cache: ``False`` disables the cache entirely (nothing is read or written).
+        progress: bar over the batches that need the model: ``True`` always, ``False`` never, ``None`` (auto)
+            only on a terminal or in Jupyter and not under CI (:mod:`migpt_traj._progress`).
     """
 
     model: str = DEFAULT_NOTE_MODEL
@@ -96,6 +99,7 @@ class NoteEncoderConfig:
     device: str = "cpu"
     cache_dir: str | None = None
     use_cache: bool = True
+    progress: bool | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, (str, os.PathLike)) or not str(self.model):
@@ -112,6 +116,8 @@ class NoteEncoderConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name}={value!r} is invalid; it must be an integer >= 1.")
+        if self.progress is not None and not isinstance(self.progress, bool):
+            raise ConfigError(f"progress={self.progress!r} is invalid; use True, False or None (auto).")
         if not isinstance(self.device, str) or not self.device:
             raise ConfigError(f"device={self.device!r} is invalid; use a torch device string such as 'cpu'.")
 
@@ -191,16 +197,6 @@ def _quiet_transformers() -> Iterator[None]:
         hf_logging.set_verbosity(verbosity)
         if bar:
             hf_logging.enable_progress_bar()
-
-
-def _progress(batches: list[list[int]], *, enabled: bool) -> Any:
-    if not enabled:
-        return batches
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return batches
-    return tqdm(batches, desc="encoding notes", unit="batch")
 
 
 class _ShardCache:
@@ -369,12 +365,13 @@ class NoteEncoder:
         if self.cache_path is not None:
             shutil.rmtree(self.cache_path, ignore_errors=True)
 
-    def encode(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
+    def encode(self, texts: Sequence[str], *, progress: bool | None = None) -> np.ndarray:
         """Embed notes.
 
         Args:
             texts: note texts; duplicates are embedded once. Empty strings are allowed; ``None`` is not.
-            progress: show a tqdm bar over the batches that need the model (if tqdm is installed).
+            progress: bar over the batches that need the model (cached texts cost nothing): ``True`` always,
+                ``False`` never, ``None`` the config's ``progress`` (default auto: a terminal or Jupyter, not CI).
 
         Returns:
             float32 array of shape ``(len(texts), dim)``, row ``i`` for ``texts[i]``; unit L2 norm per row
@@ -399,7 +396,8 @@ class NoteEncoder:
             found = cache.lookup(keys, vectors)
         missing = np.flatnonzero(~found)
         if missing.size:
-            vectors[missing] = self._embed([unique[i] for i in missing], progress=progress)
+            show = self.config.progress if progress is None else progress
+            vectors[missing] = self._embed([unique[i] for i in missing], progress=show)
             if cache is not None:
                 cache.store(keys[missing], vectors[missing])
         return vectors[inverse]
@@ -449,7 +447,7 @@ class NoteEncoder:
             self._tokenizer, self._model, self._device = tokenizer, model, device
         return self._tokenizer, self._model
 
-    def _embed(self, texts: list[str], *, progress: bool) -> np.ndarray:
+    def _embed(self, texts: list[str], *, progress: bool | None) -> np.ndarray:
         """Run the model on ``texts`` (no cache): longest first, so each batch pads little."""
         import torch
 
@@ -459,7 +457,7 @@ class NoteEncoder:
         batches = [order[s : s + c.batch_size] for s in range(0, len(order), c.batch_size)]
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         with torch.inference_mode():
-            for batch in _progress(batches, enabled=progress):
+            for batch in track(batches, desc="encoding notes", unit="batch", enabled=progress):
                 tokens = tokenizer(
                     [texts[i] for i in batch],
                     padding=True,

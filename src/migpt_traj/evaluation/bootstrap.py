@@ -23,6 +23,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy.special import expit
 
+from migpt_traj._progress import track
 from migpt_traj.errors import ValueRangeError
 from migpt_traj.evaluation._calibration import _HARRELL
 from migpt_traj.evaluation._km import StepFunction, censoring_survival
@@ -258,13 +259,23 @@ def weighted_integrated_brier(sample: EvalSample, risks: F64, horizons: F64, cau
 
 
 def weighted_concordance(
-    sample: EvalSample, risk: F64, tau: float, cause: int, w: F64, tied_tol: float = 1e-8, chunk: int = 2_000_000
+    sample: EvalSample,
+    risk: F64,
+    tau: float,
+    cause: int,
+    w: F64,
+    tied_tol: float = 1e-8,
+    chunk: int = 2_000_000,
+    *,
+    progress: bool | None = False,
 ) -> Estimate:
     """:func:`~migpt_traj.evaluation.metrics.concordance_ipcw` (Uno's C truncated at ``tau``) for every weight row.
 
     Pairs are formed explicitly, case rows × all rows, in chunks of about ``chunk`` pairs; the replicate's
     numerator and denominator are the quadratic forms ``w A wᵀ`` and ``w D wᵀ`` of the pair matrices. A row paired
     with a copy of itself is never comparable (two cause events at the same time), as in the direct computation.
+    This is the bootstrap's costliest kernel (cases × rows × replicates); ``progress`` (``True`` / ``False`` /
+    ``None`` auto, :mod:`migpt_traj._progress`) draws a transient bar over its chunks when there is more than one.
     """
     if w.shape[0] == 0:
         return Estimate(np.zeros(0))
@@ -276,7 +287,10 @@ def weighted_concordance(
     rows = w.shape[0]
     num, den = np.zeros(rows), np.zeros(rows)
     step = max(1, chunk // max(1, t.size))
-    for start in range(0, cases.size, step):  # chunks of case rows, each vectorised over pairs and replicates
+    starts = range(0, cases.size, step)
+    show = progress if len(starts) > 1 else False
+    for start in track(starts, desc=f"bootstrap C (cause {cause}, {tau:g} d)", unit="chunk", enabled=show, leave=False):
+        # chunks of case rows, each vectorised over pairs and replicates
         c = cases[start : start + step]
         ti, ri, wi = t[c][:, None], risk[c][:, None], wt[c][:, None]
         later = (t[None, :] > ti) | ((t[None, :] == ti) & (e[None, :] == 0))
