@@ -18,6 +18,7 @@ import polars as pl
 import torch
 from safetensors.torch import load_file, save_file
 
+from migpt_traj._progress import progress_enabled
 from migpt_traj.config import TrajectoryConfig
 from migpt_traj.data.cohort import Cohort, Split
 from migpt_traj.data.datamodule import TokenDataset, TrajectoryDataModule, collate_tokens
@@ -29,7 +30,7 @@ from migpt_traj.model.survival import cumulative_incidence, survival_function
 
 __all__ = ["TrajectoryModel"]
 
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2  # 2: wide-path standardisation buffers
 
 
 @contextlib.contextmanager
@@ -59,7 +60,9 @@ class _BestWeights(pl_light.Callback):
     """Keeps the weights of the epoch with the lowest tuning loss (restored after fit).
 
     With a ``directory``, each new best is also written there as ``best.safetensors`` (checkpointing without
-    pickle: Lightning's own ``.ckpt`` files are torch.save archives).
+    pickle: Lightning's own ``.ckpt`` files are torch.save archives), by global rank 0 only. Under DDP every rank
+    sees the same ``val_loss`` (the tuning split is not sharded, see ``TrajectoryDataModule``) and holds the same
+    weights, so every rank keeps the same best epoch and rank 0 (the calling process) returns its weights.
     """
 
     def __init__(self, directory: Path | None = None) -> None:
@@ -68,6 +71,10 @@ class _BestWeights(pl_light.Callback):
         self.epoch = -1
         self.directory = directory
 
+    def seed(self, loss: float, module: pl_light.LightningModule) -> None:
+        """Start from weights fitted before training (epoch -1) and their tuning loss."""
+        self.best, self.epoch, self.state = loss, -1, copy.deepcopy(module.state_dict())
+
     def on_validation_epoch_end(self, trainer: pl_light.Trainer, module: pl_light.LightningModule) -> None:
         if trainer.sanity_checking:
             return
@@ -75,10 +82,18 @@ class _BestWeights(pl_light.Callback):
         if loss is not None and float(loss) < self.best:
             self.best = float(loss)
             self.epoch = trainer.current_epoch
-            self.state = copy.deepcopy(module.state_dict())
-            if self.directory is not None:
+            self.state = copy.deepcopy(module.state_dict())  # every rank: each returns the best weights
+            if self.directory is not None and trainer.is_global_zero:  # one writer under DDP
                 self.directory.mkdir(parents=True, exist_ok=True)
                 save_file({k: v.contiguous() for k, v in self.state.items()}, str(self.directory / "best.safetensors"))
+
+
+def _sequential_batches(table: TokenTable, *, batch_size: int = 256) -> Iterator[dict[str, torch.Tensor]]:
+    """Batches of ``table`` in length order (least padding), for passes that need no shuffling."""
+    dataset = TokenDataset(table)
+    order = np.argsort(table.lengths, kind="stable")
+    for i in range(0, order.size, batch_size):
+        yield collate_tokens(dataset, order[i : i + batch_size].tolist())
 
 
 class _LossCurves(pl_light.Callback):
@@ -205,20 +220,38 @@ class TrajectoryModel:
         )
         data = TrajectoryDataModule(train, tables["tuning"], batch_size=cfg.batch_size, seed=cfg.seed)
         best = _BestWeights(Path(run_dir) / "checkpoints" if run_dir is not None else None)
+        # Stage 1: the wide (landmark-Cox-like) model fitted to convergence; the transformer then trains on top and
+        # early stopping may keep the stage-1 model itself ("best_epoch" -1) when the deep part never helps.
+        tuning_table = tables["tuning"] if data.tuning_set is not None else None
+        penalty = self.module.fit_wide(
+            _sequential_batches(train),
+            _sequential_batches(tuning_table) if tuning_table is not None else None,
+            n_queries=int(labelled.sum()),
+            seed=cfg.seed,
+        )
+        if tuning_table is not None:
+            best.seed(self._mean_loss(tuning_table), self.module)
+            self.module.train()
         curves = _LossCurves()
         all_callbacks: list[pl_light.Callback] = [best, curves, *callbacks]
         has_tuning = data.tuning_set is not None
         if has_tuning:
             all_callbacks.append(pl_light.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience))
-        with tempfile.TemporaryDirectory() as tmp, _quiet_lightning(cfg.progress):
+        show = progress_enabled(None if cfg.progress else False)
+        processes = cfg.devices * cfg.num_nodes
+        # "auto" with several processes would pick ddp_fork in notebooks (children hold the best weights): use ddp.
+        strategy = "ddp" if cfg.strategy == "auto" and processes > 1 else cfg.strategy
+        with tempfile.TemporaryDirectory() as tmp, _quiet_lightning(show):
             root = Path(run_dir) if run_dir is not None else Path(tmp)
             trainer = pl_light.Trainer(
                 max_epochs=cfg.max_epochs,
                 accelerator=cfg.accelerator,
                 devices=cfg.devices,
-                strategy=cfg.strategy,
+                num_nodes=cfg.num_nodes,
+                strategy=strategy,
+                use_distributed_sampler=False,  # the DataModule shards its length-bucketed batches itself
                 deterministic=cfg.deterministic,
-                enable_progress_bar=cfg.progress,
+                enable_progress_bar=show,
                 enable_model_summary=False,
                 logger=logger,
                 enable_checkpointing=False,
@@ -237,8 +270,11 @@ class TrajectoryModel:
             "epochs_run": trainer.current_epoch,
             "train_samples": train.n_samples,
             "train_queries": int(labelled.sum()),
+            "wide_penalty": penalty,
             "train_loss": curves.train,
             "val_loss": curves.val,
+            "world_size": trainer.world_size,
+            "global_rank": trainer.global_rank,
         }
         return self
 
@@ -298,16 +334,24 @@ class TrajectoryModel:
         )
 
     @torch.inference_mode()
-    def _log_hazards(self, table: TokenTable, *, batch_size: int = 256) -> torch.Tensor:
+    def _log_hazards(self, table: TokenTable) -> torch.Tensor:
         module = self._require_fit()
         module.eval()
-        dataset = TokenDataset(table)
-        order = np.argsort(table.lengths, kind="stable")
         out = torch.empty(table.q_sample.size, len(self.outcomes), module.edges.numel())
-        for i in range(0, order.size, batch_size):
-            batch = collate_tokens(dataset, order[i : i + batch_size].tolist())
+        for batch in _sequential_batches(table):
             out[batch["q_row"]] = module.log_hazard(batch)
         return out
+
+    @torch.inference_mode()
+    def _mean_loss(self, table: TokenTable) -> float:
+        """Per-query mean negative log-likelihood over the labelled queries of ``table`` (eval mode)."""
+        module = self._require_fit()
+        module.eval()
+        total, count = 0.0, 0
+        for batch in _sequential_batches(table):
+            loss, n = module._loss(batch)
+            total, count = total + float(loss) * n, count + n
+        return total / max(count, 1)
 
     def _checked_horizons(self, horizons: Sequence[float]) -> torch.Tensor:
         if isinstance(horizons, str | bytes):
@@ -336,7 +380,15 @@ class TrajectoryModel:
         table = self._tensorize(
             cohort, samples.rename({"prediction_time": "cutoff_time"}).select("subject_id", "cutoff_time")
         )
-        return samples, self._log_hazards(table), module.edges
+        # A few sequences: one intra-op thread (waking and syncing threads costs more than it saves on tiny
+        # tensors, and badly so on a shared machine; benchmarks/perf.py). The caller's setting is restored.
+        threads = torch.get_num_threads()
+        if table.n_samples <= 16:
+            torch.set_num_threads(1)
+        try:
+            return samples, self._log_hazards(table), module.edges  # _log_hazards runs under inference_mode
+        finally:
+            torch.set_num_threads(threads)
 
     def predict_risk(
         self,

@@ -5,13 +5,23 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 
 from migpt_traj.errors import ConfigError, did_you_mean
 
-__all__ = ["TrajectoryConfig", "bundled_config_path"]
+__all__ = ["Accelerator", "Strategy", "TrajectoryConfig", "bundled_config_path"]
+
+Accelerator = Literal["auto", "cpu", "gpu", "cuda", "mps"]
+# Launchers that keep rank 0 in the calling process (Lightning's ``ddp`` subprocess launcher, torchrun, SLURM), so
+# the best-epoch weights and the history stay with the returned model. The spawn/fork launchers (``ddp_spawn``,
+# ``ddp_fork``, ``ddp_notebook``) train in child processes and hand back only the last weights: not offered.
+# FSDP is not offered: Lightning runs it on GPUs only, it is untested here, and the best-epoch callback would need a
+# gathered full state dict; at this model size DDP is the faster choice anyway (docs/scaling.md).
+Strategy = Literal["auto", "ddp", "ddp_find_unused_parameters_true"]
+_SPAWNING = ("ddp_spawn", "ddp_fork", "ddp_notebook")
+_SHARDING = ("fsdp", "fsdp_cpu_offload", "deepspeed")
 
 
 @dataclass(frozen=True)
@@ -23,7 +33,12 @@ class TrajectoryConfig:
     Training: ``max_epochs``, ``batch_size``, ``lr``, ``weight_decay``, ``rank_weight`` and ``rank_sigma``
     (Dynamic-DeepHit's ranking term added to the likelihood; 0 = likelihood only), ``patience`` (early stopping on the
     tuning split's loss), ``seed``, ``deterministic``, ``extra_queries_per_subject`` (random prediction times per
-    train subject besides every event time), ``accelerator``, ``devices``, ``strategy``, ``progress``.
+    train subject besides every event time), ``progress`` (``True``: Lightning's bar and migpt_traj's bars where
+    someone is watching, see :mod:`migpt_traj._progress`; ``False``: quiet).
+    Scale (Lightning Trainer arguments, see ``docs/scaling.md``): ``accelerator`` (``"cpu"``, ``"gpu"``, ...),
+    ``devices`` (processes per node, one per device), ``num_nodes``, ``strategy`` (``"auto"``: one process, or
+    ``"ddp"`` when ``devices * num_nodes > 1``; ``"ddp"``, ``"ddp_find_unused_parameters_true"``).
+    ``batch_size`` is per process: the global batch is ``batch_size * devices * num_nodes``.
     Data: ``min_code_count`` (rarer train codes map to unknown), ``use_notes``, ``use_images``, ``note_model``
     (``"all-MiniLM-L6-v2"``, shipped offline, or a local Hugging Face model directory), ``note_cache_dir``.
     ``horizons_days``: the default horizons reported by the CLI.
@@ -47,9 +62,10 @@ class TrajectoryConfig:
     seed: int = 0
     deterministic: bool = True
     extra_queries_per_subject: int = 2
-    accelerator: str = "cpu"
+    accelerator: Accelerator = "cpu"
     devices: int = 1
-    strategy: str = "auto"
+    num_nodes: int = 1
+    strategy: Strategy = "auto"
     progress: bool = True
     # data
     min_code_count: int = 1
@@ -81,13 +97,36 @@ class TrajectoryConfig:
             ("patience", self.patience >= 1, ">= 1"),
             ("extra_queries_per_subject", self.extra_queries_per_subject >= 0, ">= 0"),
             ("min_code_count", self.min_code_count >= 1, ">= 1"),
-            ("devices", self.devices >= 1, ">= 1"),
+            ("devices", _is_int(self.devices) and self.devices >= 1, "an integer >= 1"),
+            ("num_nodes", _is_int(self.num_nodes) and self.num_nodes >= 1, "an integer >= 1"),
         ]
         for name, ok, valid in checks:
             if not ok:
                 raise ConfigError(f"Config '{name}' = {getattr(self, name)!r} is invalid; it must be {valid}.")
+        self._check_scale()
         if any(h <= 0 for h in self.horizons_days):
             raise ConfigError(f"Config 'horizons_days' must be positive days; got {list(self.horizons_days)}.")
+
+    def _check_scale(self) -> None:
+        for name, choices in (("accelerator", get_args(Accelerator)), ("strategy", get_args(Strategy))):
+            value = getattr(self, name)
+            if value not in choices:
+                why = ""
+                if name == "strategy" and value in _SPAWNING:
+                    why = (
+                        " Spawn/fork launchers train in child processes and return only the last weights (no best"
+                        " epoch, no history); use 'ddp' from a script (Lightning starts the other ranks) or"
+                        " torchrun/srun."
+                    )
+                elif name == "strategy" and str(value).startswith(_SHARDING):
+                    why = (
+                        " Sharded training is not offered yet: a replica of this model fits on any device, so"
+                        " 'ddp' is faster (see docs/scaling.md, 'FSDP')."
+                    )
+                raise ConfigError(
+                    f"Config '{name}' = {value!r} is not supported; use one of {list(choices)}.{why}"
+                    + ("" if why else did_you_mean(str(value), choices))
+                )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> TrajectoryConfig:
@@ -128,6 +167,10 @@ class TrajectoryConfig:
         out["horizons_days"] = list(self.horizons_days)
         out["outcomes"] = list(self.outcomes) if self.outcomes is not None else None
         return out
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def bundled_config_path(name: Literal["pbc2", "synthetic"]) -> Path:

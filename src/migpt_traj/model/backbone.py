@@ -19,7 +19,7 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["Backbone", "SinusoidalDays", "last_values"]
+__all__ = ["Backbone", "CausalBlock", "SinusoidalDays"]
 
 
 class SinusoidalDays(nn.Module):
@@ -183,23 +183,3 @@ class Backbone(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.readout(self.encode(batch), batch)
-
-
-def last_values(batch: dict[str, torch.Tensor], vocab_size: int) -> torch.Tensor:
-    """Last visible normalised value of every code at every query, and whether one exists: ``(Q, 2 * V)``.
-
-    The as-of "last observation carried forward" summary that a landmark Cox model would use, computed inside the
-    model from the same visible tokens (positions ``< q_visible``), so it obeys the same as-of rule.
-    """
-    qs = batch["q_sample"]
-    code = batch["code_id"][qs]  # (Q, L)
-    value = batch["value"][qs]
-    has = batch["has_value"][qs] > 0
-    pos = torch.arange(code.shape[1], device=code.device).expand_as(code)
-    usable = has & (pos < batch["q_visible"].unsqueeze(1))
-    marked = torch.where(usable, pos, torch.full_like(pos, -1))
-    last = torch.full((code.shape[0], vocab_size), -1, dtype=pos.dtype, device=code.device)
-    last = last.scatter_reduce(1, code, marked, reduce="amax", include_self=True)
-    present = last >= 0
-    picked = value.gather(1, last.clamp(min=0))
-    return torch.cat([torch.where(present, picked, 0.0), present.float()], dim=-1)

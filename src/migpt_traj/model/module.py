@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import lightning.pytorch as pl_light
@@ -9,8 +10,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from migpt_traj.model.backbone import Backbone, last_values
+from migpt_traj.model.backbone import Backbone
 from migpt_traj.model.survival import cumulative_incidence, negative_log_likelihood
+from migpt_traj.model.wide import fit_wide, raw_wide_features, wide_moments, wide_width
 
 __all__ = ["HazardHead", "TrajectoryModule", "bin_edges", "initial_log_hazard"]
 
@@ -83,6 +85,11 @@ class HazardHead(nn.Module):
         self.bin_factors = nn.Parameter(torch.randn(n_causes, rank, n_bins) * 0.1)
         self.bias = nn.Parameter(torch.zeros(n_causes, n_bins))
         self.shift = nn.Linear(d_model, n_causes)
+        # The deep terms start at exactly zero, so training starts from the fitted wide model (stage 1).
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+        nn.init.zeros_(self.shift.weight)
+        nn.init.zeros_(self.shift.bias)
         self.rank = rank
 
     def forward(self, state: torch.Tensor) -> torch.Tensor:
@@ -95,6 +102,8 @@ class TrajectoryModule(pl_light.LightningModule):
     """Backbone + hazard head. Loss: mean exact censored negative log-likelihood over labelled queries."""
 
     edges: torch.Tensor
+    wide_mean: torch.Tensor
+    wide_std: torch.Tensor
 
     def __init__(
         self,
@@ -126,10 +135,14 @@ class TrajectoryModule(pl_light.LightningModule):
             note_dim=note_dim,
         )
         self.head = HazardHead(d_model, n_causes, len(edges))
-        # Wide path: a proportional (Cox-like) term in the last visible value of every code, beside the deep
-        # state. Small cohorts learn the strong, simple signal here; the transformer adds what it cannot express.
-        self.wide = nn.Linear(2 * vocab_size, n_causes, bias=False)
+        # Wide path: a proportional (Cox-like) term in landmark-Cox features (model/wide.py), fitted to
+        # convergence before minibatch training; the transformer adds what it cannot express.
+        n_wide = wide_width(vocab_size, image_dim, note_dim)
+        self.image_dim, self.note_dim = image_dim, note_dim
+        self.wide = nn.Linear(n_wide, n_causes, bias=False)
         nn.init.zeros_(self.wide.weight)
+        self.register_buffer("wide_mean", torch.zeros(n_wide))
+        self.register_buffer("wide_std", torch.ones(n_wide))
         self.vocab_size = vocab_size
         self.register_buffer("edges", torch.tensor(edges, dtype=torch.float32))
         if init_log_hazard is not None:
@@ -140,9 +153,72 @@ class TrajectoryModule(pl_light.LightningModule):
         self.rank_weight = rank_weight
         self.rank_sigma = rank_sigma
 
+    def wide_input(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Standardised wide features ``(Q, 2V + 2)``; unknown age sits at the train mean (0)."""
+        x = (
+            raw_wide_features(batch, self.vocab_size, image_dim=self.image_dim, note_dim=self.note_dim) - self.wide_mean
+        ) / self.wide_std
+        return torch.nan_to_num(x, nan=0.0)
+
+    @torch.no_grad()
+    def _wide_rows(
+        self, batches: Iterable[dict[str, torch.Tensor]], *, keep: float, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        xs, ds, cs = [], [], []
+        for batch in batches:
+            rows = (batch["q_cause"] >= 0) & (torch.rand(batch["q_cause"].shape, generator=generator) < keep)
+            xs.append(raw_wide_features(batch, self.vocab_size, image_dim=self.image_dim, note_dim=self.note_dim)[rows])
+            ds.append(batch["q_duration"][rows])
+            cs.append(batch["q_cause"][rows])
+        return torch.cat(xs), torch.cat(ds), torch.cat(cs)
+
+    def fit_wide(
+        self,
+        train: Iterable[dict[str, torch.Tensor]],
+        tuning: Iterable[dict[str, torch.Tensor]] | None,
+        *,
+        n_queries: int,
+        seed: int = 0,
+        max_values: int = 50_000_000,
+    ) -> float:
+        """Stage 1: standardise the wide features on the train queries and fit the wide weights and baseline
+        hazards to convergence (ridge penalty chosen on the tuning queries); the deep terms stay at zero.
+
+        Args:
+            train, tuning: batches of the two splits (every labelled query is used, or a seeded random share
+                so that at most ``max_values`` feature values are held in memory).
+            n_queries: number of labelled train queries (sets that share).
+
+        Returns:
+            The chosen ridge penalty.
+        """
+        keep = min(1.0, max_values / max(1, n_queries * self.wide.in_features))
+        gen = torch.Generator().manual_seed(seed)
+        x, d, c = self._wide_rows(train, keep=keep, generator=gen)
+        mean, std = wide_moments(x)
+        self.wide_mean.copy_(mean)
+        self.wide_std.copy_(std)
+
+        def scaled(
+            rows: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            return (torch.nan_to_num((rows[0] - mean) / std, nan=0.0), rows[1], rows[2])
+
+        held = scaled(self._wide_rows(tuning, keep=keep, generator=gen)) if tuning is not None else None
+        weight, bias, penalty = fit_wide(
+            scaled((x, d, c)),
+            held,
+            bias=self.head.bias.detach(),
+            edges=self.edges,
+        )
+        with torch.no_grad():
+            self.wide.weight.copy_(weight.T)
+            self.head.bias.copy_(bias)
+        return penalty
+
     def log_hazard(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """``(Q, K, J)`` log hazards per day at every query of the batch."""
-        wide = self.wide(last_values(batch, self.vocab_size))  # (Q, K)
+        wide = self.wide(self.wide_input(batch))  # (Q, K)
         return self.head(self.backbone(batch)) + wide.unsqueeze(-1)
 
     def cif(self, batch: dict[str, torch.Tensor], horizons: torch.Tensor) -> torch.Tensor:
@@ -179,7 +255,10 @@ class TrajectoryModule(pl_light.LightningModule):
         decay: list[nn.Parameter] = []
         no_decay: list[nn.Parameter] = []
         for name, p in self.named_parameters():
-            (no_decay if p.ndim < 2 or "bias" in name or "norm" in name else decay).append(p)
+            # The wide weights keep the ridge penalty chosen in stage 1, not a second (decoupled) one.
+            (no_decay if p.ndim < 2 or "bias" in name or "norm" in name or name.startswith("wide.") else decay).append(
+                p
+            )
         return torch.optim.AdamW(
             [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=self.lr,
