@@ -23,6 +23,7 @@ __all__ = [
     "DataReadError",
     "DuplicateEventError",
     "EventOrderError",
+    "ImageReadError",
     "MigptTrajError",
     "MigptTrajWarning",
     "ModelStateError",
@@ -64,6 +65,10 @@ class SplitError(MigptTrajError):
 
 class DataReadError(MigptTrajError):
     """A file or MEDS root cannot be read."""
+
+
+class ImageReadError(DataReadError):
+    """An imaging study's file (``image_path``) is missing or cannot be read as a volume."""
 
 
 class ConfigError(MigptTrajError):
