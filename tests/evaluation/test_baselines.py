@@ -626,3 +626,25 @@ def test_pbc2_cox_tv_discriminates() -> None:
     )
     assert auc > 0.75
     assert time.perf_counter() - start < 30
+
+
+def test_log_transformed_feature_below_the_train_minimum_gives_a_finite_design() -> None:
+    """A held-out value <= 0 of a column logged on train (positive, skewed there) is clipped, not NaN."""
+    from migpt_traj.evaluation._features import FeatureSpec, FeatureVocabulary
+
+    rng = np.random.default_rng(0)
+    train = pl.DataFrame(
+        {
+            "LAB//x": rng.lognormal(0.0, 1.5, 300),
+            "age_years": rng.normal(60, 8, 300),
+            "days_since_last_measurement": rng.uniform(1, 100, 300),
+        }
+    )
+    spec = FeatureSpec.fit(train, FeatureVocabulary(numeric=("LAB//x",), static=(), treatment=()))
+    assert "LAB//x" in spec.log_columns
+    later = train.head(2).with_columns(pl.Series("LAB//x", [0.0, -1.0]))
+    design = spec.matrix(later)
+    assert np.isfinite(design).all()
+    floor = spec.matrix(train.filter(pl.col("LAB//x") == pl.col("LAB//x").min()).head(1))
+    col = spec.columns.index("log(LAB//x)")
+    np.testing.assert_allclose(design[:, col], floor[0, col])  # clipped exactly to the train minimum

@@ -147,16 +147,18 @@ class FeatureSpec:
     columns: tuple[str, ...]
     means: tuple[float, ...]
     scales: tuple[float, ...]
+    log_floors: tuple[float, ...] = ()
 
     @classmethod
     def fit(cls, raw: pl.DataFrame, vocabulary: FeatureVocabulary, *, log_skew_threshold: float = 1.0) -> FeatureSpec:
         """Fit on the raw features of train samples only (the caller's responsibility: see ``_Landmarks.fit``)."""
         continuous = (*vocabulary.numeric, _AGE, _SINCE)
         logs = tuple(c for c in continuous if _positive_and_skewed(raw[c], log_skew_threshold))
+        floors = tuple(float(raw[c].min()) for c in logs)  # type: ignore[arg-type]
         logged = raw.with_columns(pl.col(c).log() for c in logs)
         medians = tuple(_median(logged[c]) for c in continuous)
         indicators = tuple(c for c in continuous if logged[c].null_count())
-        full = cls(vocabulary, continuous, logs, medians, indicators, (), (), ())._expand(raw)
+        full = cls(vocabulary, continuous, logs, medians, indicators, (), (), (), floors)._expand(raw)
         values = full.to_numpy().astype(np.float64).reshape(full.height, full.width)
         mean, std = values.mean(axis=0), values.std(axis=0)
         z = (values - mean) / np.where(std > 1e-12, std, 1.0)
@@ -174,16 +176,21 @@ class FeatureSpec:
             tuple(full.columns[i] for i in keep),
             tuple(float(mean[i]) for i in keep),
             tuple(float(std[i]) for i in keep),
+            floors,
         )
 
     def _expand(self, raw: pl.DataFrame) -> pl.DataFrame:
-        """Log, impute and add indicators (unscaled), every candidate column."""
+        """Log, impute and add indicators (unscaled), every candidate column. Before the log, values are clipped
+        at the column's train minimum (positive by construction), so a later value <= 0 cannot give NaN."""
+        floor = dict(zip(self.log_columns, self.log_floors, strict=False))
         logs = set(self.log_columns)
         named = {c: f"log({c})" if c in logs else c for c in self.continuous}
         flags = [*self.vocabulary.static, *self.vocabulary.treatment]
         return raw.select(
             *[
-                (pl.col(c).log() if c in logs else pl.col(c)).fill_null(m).alias(named[c])
+                (pl.col(c).clip(lower_bound=floor.get(c)).log() if c in logs else pl.col(c))
+                .fill_null(m)
+                .alias(named[c])
                 for c, m in zip(self.continuous, self.medians, strict=True)
             ],
             *[pl.col(c).is_null().cast(pl.Float64).alias(f"{named[c]}{_MISSING}") for c in self.missing_indicators],
