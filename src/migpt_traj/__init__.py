@@ -21,10 +21,12 @@ from migpt_traj import datasets, errors
 from migpt_traj.data import CodeConventions, Cohort
 
 if TYPE_CHECKING:
-    from migpt_traj import encoders, evaluation
+    from migpt_traj import encoders, evaluation, imaging, outputs
     from migpt_traj.api import TrajectoryModel
     from migpt_traj.config import TrajectoryConfig
     from migpt_traj.evaluation import EvaluationReport, evaluate
+    from migpt_traj.imaging import ImagingConfig, embed_images
+    from migpt_traj.outputs import PatientState
     from migpt_traj.tracking import TrackedRun, track_fit, tune
 
 __version__ = "0.1.0"
@@ -33,15 +35,20 @@ __all__ = [
     "CodeConventions",
     "Cohort",
     "EvaluationReport",
+    "ImagingConfig",
+    "PatientState",
     "TrackedRun",
     "TrajectoryConfig",
     "TrajectoryModel",
     "__version__",
     "datasets",
+    "embed_images",
     "encoders",
     "errors",
     "evaluate",
     "evaluation",
+    "imaging",
+    "outputs",
     "track_fit",
     "tune",
 ]
@@ -56,6 +63,11 @@ _LAZY = {
     "TrackedRun": ("migpt_traj.tracking", "TrackedRun"),
     "track_fit": ("migpt_traj.tracking", "track_fit"),
     "tune": ("migpt_traj.tracking", "tune"),
+    "imaging": ("migpt_traj.imaging", None),
+    "ImagingConfig": ("migpt_traj.imaging", "ImagingConfig"),
+    "embed_images": ("migpt_traj.imaging", "embed_images"),
+    "outputs": ("migpt_traj.outputs", None),
+    "PatientState": ("migpt_traj.outputs", "PatientState"),
 }
 
 

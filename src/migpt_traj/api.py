@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import datetime
 import json
 import logging
 import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl_light
 import numpy as np
@@ -28,9 +29,12 @@ from migpt_traj.errors import ConfigError, ModelStateError, OutcomeError, Schema
 from migpt_traj.model.module import TrajectoryModule, bin_edges, initial_log_hazard
 from migpt_traj.model.survival import cumulative_incidence, survival_function
 
+if TYPE_CHECKING:
+    from migpt_traj.outputs.summary import PatientState
+
 __all__ = ["TrajectoryModel"]
 
-_FORMAT_VERSION = 2  # 2: wide-path standardisation buffers
+_FORMAT_VERSION = 3  # 2: wide-path standardisation buffers; 3: forecast head
 
 
 @contextlib.contextmanager
@@ -88,6 +92,13 @@ class _BestWeights(pl_light.Callback):
                 save_file({k: v.contiguous() for k, v in self.state.items()}, str(self.directory / "best.safetensors"))
 
 
+def _measurement_code_ids(pre: Preprocessor, cohort: Cohort) -> list[int]:
+    """Vocabulary ids of the numeric measurement codes (not treatments, images or notes): the forecast channels."""
+    conv = cohort.conventions
+    other = (conv.treatment_prefix, conv.image_prefix, conv.note_prefix)
+    return [i for i, code in enumerate(pre.codes) if code in pre.quantiles and not code.startswith(other)]
+
+
 def _sequential_batches(table: TokenTable, *, batch_size: int = 256) -> Iterator[dict[str, torch.Tensor]]:
     """Batches of ``table`` in length order (least padding), for passes that need no shuffling."""
     dataset = TokenDataset(table)
@@ -137,6 +148,8 @@ class TrajectoryModel:
         self.note_dim = 0
         self.history: dict[str, Any] = {}
         self._note_encoder: Any = None
+        self.image_embedder: Any = None  # migpt_traj.imaging.ImageEmbedder when volumes are embedded here
+        self._embedded: tuple[Cohort, Cohort] | None = None  # (input cohort, the same with embeddings)
 
     @classmethod
     def from_config(cls, path: str | Path, **overrides: Any) -> TrajectoryModel:
@@ -154,9 +167,36 @@ class TrajectoryModel:
             from migpt_traj.encoders.notes import NoteEncoder, NoteEncoderConfig
 
             self._note_encoder = NoteEncoder(
-                NoteEncoderConfig(model=self.config.note_model, cache_dir=self.config.note_cache_dir)
+                NoteEncoderConfig(
+                    model=self.config.note_model,
+                    cache_dir=self.config.note_cache_dir,
+                    progress=None if self.config.progress else False,
+                )
             )
         return self._note_encoder
+
+    # ------------------------------------------------------------------ images
+    def _with_image_embeddings(self, cohort: Cohort, *, fit: bool = False) -> Cohort:
+        """The cohort with its ``image_path`` studies embedded by the configured encoder (unchanged when the
+        encoder is ``precomputed`` or images are off). With ``fit``, the encoder is fitted on train subjects only.
+        The last input and result are remembered, so one cohort is embedded (and warned about) once."""
+        cfg = self.config
+        if not cfg.use_images or cfg.imaging.encoder == "precomputed":
+            return cohort
+        if not fit and self._embedded is not None and self._embedded[0] is cohort:
+            return self._embedded[1]
+        from migpt_traj.imaging import ImageEmbedder
+
+        if fit:
+            train_ids = cohort.splits.filter(pl.col("split") == "train")["subject_id"].to_list()
+            self.image_embedder = ImageEmbedder(cfg.imaging).fit(cohort, train_subjects=train_ids)
+        if self.image_embedder is None:
+            raise ModelStateError("This model has no fitted image encoder; fit it or load a saved model.")
+        embedded, report = self.image_embedder.transform(cohort)
+        if fit:
+            self.history["imaging"] = report.counts()
+        self._embedded = (cohort, embedded)
+        return embedded
 
     # ------------------------------------------------------------------ fit
     def fit(
@@ -181,6 +221,8 @@ class TrajectoryModel:
                 f"cohort with outcomes={list(cfg.outcomes)}."
             )
         pl_light.seed_everything(cfg.seed, workers=True, verbose=False)
+        self.history = {}
+        cohort = self._with_image_embeddings(cohort, fit=True)
         self.outcomes = tuple(cohort.outcomes)
         pre = Preprocessor.fit(cohort, min_code_count=cfg.min_code_count)
         if not cfg.use_images:
@@ -217,6 +259,10 @@ class TrajectoryModel:
             weight_decay=cfg.weight_decay,
             rank_weight=cfg.rank_weight,
             rank_sigma=cfg.rank_sigma,
+            forecast_code_ids=_measurement_code_ids(pre, cohort),
+            forecast_weight=cfg.forecast_weight,
+            forecast_horizon_days=cfg.forecast_horizon_days,
+            forecast_targets_per_query=cfg.forecast_targets_per_query,
         )
         data = TrajectoryDataModule(train, tables["tuning"], batch_size=cfg.batch_size, seed=cfg.seed)
         best = _BestWeights(Path(run_dir) / "checkpoints" if run_dir is not None else None)
@@ -227,6 +273,11 @@ class TrajectoryModel:
             _sequential_batches(train),
             _sequential_batches(tuning_table) if tuning_table is not None else None,
             n_queries=int(labelled.sum()),
+            seed=cfg.seed,
+        )
+        forecast_fit = self.module.fit_forecast(
+            _sequential_batches(train),
+            _sequential_batches(tuning_table) if tuning_table is not None else None,
             seed=cfg.seed,
         )
         if tuning_table is not None:
@@ -265,12 +316,14 @@ class TrajectoryModel:
             self.module.load_state_dict(best.state)
         self.module.eval()
         self.history = {
+            **self.history,
             "best_epoch": best.epoch,
             "best_val_loss": best.best if best.state is not None else None,
             "epochs_run": trainer.current_epoch,
             "train_samples": train.n_samples,
             "train_queries": int(labelled.sum()),
             "wide_penalty": penalty,
+            "forecast_penalties": [p if np.isfinite(p) else None for p in forecast_fit["penalties"]],
             "train_loss": curves.train,
             "val_loss": curves.val,
             "world_size": trainer.world_size,
@@ -280,6 +333,7 @@ class TrajectoryModel:
 
     def _tensorize(self, cohort: Cohort, samples: pl.DataFrame, *, queries: pl.DataFrame | None = None) -> TokenTable:
         assert self.preprocessor is not None
+        cohort = self._with_image_embeddings(cohort)
         embedder = self._note_embedder(cohort) if self.note_identity is not None else None
         if embedder is not None and embedder.identity != self.note_identity:
             raise ConfigError(
@@ -450,6 +504,107 @@ class TrajectoryModel:
             }
         )
 
+    def forecast(
+        self,
+        cohort: Cohort,
+        *,
+        at: Sequence[float],
+        landmarks: Sequence[float] | None = None,
+        prediction_times: pl.DataFrame | None = None,
+        codes: Sequence[str] | None = None,
+        split: Split | None = None,
+        level: float = 0.8,
+    ) -> pl.DataFrame:
+        """Projected future values of every numeric measurement and of the image embedding, ``at`` days after each
+        prediction time, in the codes' original units with a central ``level`` predictive interval:
+        ``subject_id, prediction_time, landmark_days, code, dim, target_days, mean, median, lower, upper``.
+
+        See :func:`migpt_traj.outputs.forecast.forecast` for every argument and error.
+        """
+        from migpt_traj.outputs.forecast import forecast
+
+        return forecast(
+            self,
+            cohort,
+            at=at,
+            landmarks=landmarks,
+            prediction_times=prediction_times,
+            codes=codes,
+            split=split,
+            level=level,
+        )
+
+    def suggest_treatments(
+        self,
+        cohort: Cohort,
+        *,
+        horizon: float,
+        landmarks: Sequence[float] | None = None,
+        prediction_times: pl.DataFrame | None = None,
+        options: Sequence[str] | None = None,
+        split: Split | None = None,
+        event: str | None = None,
+        min_propensity: float = 0.05,
+        decision_window_days: float = 365.25,
+        n_bootstrap: int = 20,
+        interval: float = 0.95,
+        reference: str = "none",
+        seed: int = 0,
+    ) -> pl.DataFrame:
+        """Model-based risk of ``event`` within ``horizon`` days under each treatment option started at the
+        prediction time (``"none"`` = no new treatment), with bootstrap intervals, propensities, ``supported``
+        and a rank among supported options (1 = lowest risk).
+
+        See :func:`migpt_traj.outputs.treatments.suggest_treatments` for the method, every argument and error.
+        """
+        from migpt_traj.outputs.treatments import suggest_treatments
+
+        return suggest_treatments(
+            self,
+            cohort,
+            horizon=horizon,
+            landmarks=landmarks,
+            prediction_times=prediction_times,
+            options=options,
+            split=split,
+            event=event,
+            min_propensity=min_propensity,
+            decision_window_days=decision_window_days,
+            n_bootstrap=n_bootstrap,
+            interval=interval,
+            reference=reference,
+            seed=seed,
+        )
+
+    def summarize(
+        self,
+        cohort: Cohort,
+        *,
+        subject_id: int,
+        prediction_time: datetime.datetime | float,
+        horizons: Sequence[float] | None = None,
+        forecast_days: Sequence[float] = (182.625, 365.25),
+        level: float = 0.8,
+        steps: int = 48,
+    ) -> PatientState:
+        """One subject's state as of ``prediction_time`` (a datetime, or days after the subject's time zero):
+        current risks, risk over the past, labs with trends and forecasts, imaging change, attributions.
+
+        See :func:`migpt_traj.outputs.summary.summarize` for every argument and error.
+        """
+        from migpt_traj.outputs.summary import summarize
+
+        return summarize(
+            self,
+            cohort,
+            subject_id=subject_id,
+            prediction_time=prediction_time,
+            horizons=horizons,
+            forecast_days=forecast_days,
+            level=level,
+            steps=steps,
+        )
+
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> Path:
         """Write ``model.safetensors`` (weights) and ``model.json`` (config, vocabulary, normalisers, bins)."""
@@ -471,6 +626,8 @@ class TrajectoryModel:
             "history": self.history,
         }
         (path / "model.json").write_text(json.dumps(meta, indent=1))
+        if self.image_embedder is not None:
+            self.image_embedder.save(path)
         return path
 
     @classmethod
@@ -496,4 +653,8 @@ class TrajectoryModel:
         module.load_state_dict(load_file(str(path / "model.safetensors")))
         module.eval()
         model.module = module
+        if (path / "image_encoder.safetensors").is_file():
+            from migpt_traj.imaging import ImageEmbedder
+
+            model.image_embedder = ImageEmbedder.load(path, cache_dir=model.config.imaging.cache_dir)
         return model

@@ -43,6 +43,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     cohort = _cohort(args.data, outcomes, args.split_seed)
     model = TrajectoryModel(config, **overrides)
     model.fit(cohort, run_dir=args.out)
+    if model.history.get("global_rank", 0) != 0:  # under DDP only rank 0 writes the model
+        return 0
     model.save(args.out)
     print(f"Saved model to {args.out} (best epoch {model.history.get('best_epoch')}).")
     return 0
@@ -119,6 +121,24 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     done = [t for t in study.trials if t.value is not None]
     best = f"best {args.objective} {study.best_value:.4f} with {study.best_params}" if done else "no completed trial"
     print(f"Study {args.study_name!r}: {len(study.trials)} trials in {args.storage}; {best}.")
+    return 0
+
+
+def _cmd_summarize(args: argparse.Namespace) -> int:
+    from migpt_traj.api import TrajectoryModel
+    from migpt_traj.durations import parse_days
+
+    model = TrajectoryModel.load(args.model)
+    cohort = _cohort(args.data, args.outcomes or ",".join(model.outcomes), args.split_seed)
+    state = model.summarize(
+        cohort,
+        subject_id=args.subject,
+        prediction_time=parse_days(args.at, name="--at"),
+        horizons=parse_days_list(args.horizons, name="--horizons") if args.horizons else None,
+    )
+    out = state.save(args.out)
+    print(state.text)
+    print(f"Wrote {out / 'summary.json'}, {out / 'summary.md'} and {out / 'timeline.png'}.")
     return 0
 
 
@@ -271,6 +291,17 @@ def _parser() -> argparse.ArgumentParser:
     tu.add_argument("--split-seed", type=int, default=0)
     tu.add_argument("--quiet", action="store_true")
     tu.set_defaults(func=_cmd_tune)
+
+    sm = sub.add_parser("summarize", help="one subject's state at a time: risks, labs, imaging change, attributions")
+    sm.add_argument("--model", required=True, help="run folder written by fit")
+    sm.add_argument("--data", required=True, help="MEDS root")
+    sm.add_argument("--subject", required=True, type=int, help="subject_id")
+    sm.add_argument("--at", required=True, help="days after the subject's time zero (first timed event), e.g. 2y")
+    sm.add_argument("--horizons", default=None, help="risk horizons, e.g. 1y,3y (default: the model's config)")
+    sm.add_argument("--outcomes", default=None)
+    sm.add_argument("--split-seed", type=int, default=0)
+    sm.add_argument("--out", required=True, help="folder for summary.json, summary.md and timeline.png")
+    sm.set_defaults(func=_cmd_summarize)
     return p
 
 

@@ -10,6 +10,7 @@ from typing import Any, Literal, get_args
 import yaml
 
 from migpt_traj.errors import ConfigError, did_you_mean
+from migpt_traj.imaging.config import ImagingConfig
 
 __all__ = ["Accelerator", "Strategy", "TrajectoryConfig", "bundled_config_path"]
 
@@ -42,6 +43,12 @@ class TrajectoryConfig:
     Data: ``min_code_count`` (rarer train codes map to unknown), ``use_notes``, ``use_images``, ``note_model``
     (``"all-MiniLM-L6-v2"``, shipped offline, or a local Hugging Face model directory), ``note_cache_dir``.
     ``horizons_days``: the default horizons reported by the CLI.
+    Imaging: ``imaging`` (:class:`migpt_traj.imaging.ImagingConfig`, the YAML ``imaging`` section): how
+    ``IMAGE//`` events with an ``image_path`` become embeddings (encoder, MONAI transforms, cache, missing files).
+    Forecasts (``model.forecast``): ``forecast_weight`` (weight of the auxiliary loss on observed future values,
+    trained jointly with the survival likelihood; 0: the forecast head keeps its closed-form stage-1 linear fit),
+    ``forecast_horizon_days`` (future values up to this many days after a prediction time are training targets),
+    ``forecast_targets_per_query`` (future values sampled per prediction time and training step).
     """
 
     # model
@@ -75,6 +82,11 @@ class TrajectoryConfig:
     note_cache_dir: str | None = None
     horizons_days: tuple[float, ...] = field(default=(365.25, 1095.75, 1826.25))
     outcomes: tuple[str, ...] | None = None
+    imaging: ImagingConfig = field(default_factory=ImagingConfig)
+    # forecasts
+    forecast_weight: float = 0.2
+    forecast_horizon_days: float = 1095.75
+    forecast_targets_per_query: int = 8
 
     def __post_init__(self) -> None:
         checks: list[tuple[str, bool, str]] = [
@@ -99,6 +111,9 @@ class TrajectoryConfig:
             ("min_code_count", self.min_code_count >= 1, ">= 1"),
             ("devices", _is_int(self.devices) and self.devices >= 1, "an integer >= 1"),
             ("num_nodes", _is_int(self.num_nodes) and self.num_nodes >= 1, "an integer >= 1"),
+            ("forecast_weight", self.forecast_weight >= 0, ">= 0"),
+            ("forecast_horizon_days", self.forecast_horizon_days > 0, "> 0 days"),
+            ("forecast_targets_per_query", self.forecast_targets_per_query >= 1, ">= 1"),
         ]
         for name, ok, valid in checks:
             if not ok:
@@ -144,6 +159,8 @@ class TrajectoryConfig:
         for key in ("horizons_days", "outcomes"):
             if flat.get(key) is not None:
                 flat[key] = tuple(flat[key])
+        if isinstance(flat.get("imaging"), dict):
+            flat["imaging"] = ImagingConfig.from_dict(flat["imaging"], source=f"{source}: imaging")
         try:
             return cls(**flat)
         except TypeError as err:
@@ -166,6 +183,7 @@ class TrajectoryConfig:
         out = dataclasses.asdict(self)
         out["horizons_days"] = list(self.horizons_days)
         out["outcomes"] = list(self.outcomes) if self.outcomes is not None else None
+        out["imaging"] = self.imaging.to_dict()
         return out
 
 
@@ -173,11 +191,13 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def bundled_config_path(name: Literal["pbc2", "synthetic"]) -> Path:
+def bundled_config_path(name: Literal["pbc2", "synthetic", "ddp_2gpu", "slurm_2x4gpu"]) -> Path:
     """Path of a YAML config shipped with the package (the same files as the repository's ``configs/``)."""
     from importlib.resources import files
 
     path = Path(str(files("migpt_traj") / "configs" / f"{name}.yaml"))
     if not path.is_file():
-        raise ConfigError(f"No bundled config {name!r}; valid names are 'pbc2' and 'synthetic'.")
+        raise ConfigError(
+            f"No bundled config {name!r}; valid names are 'pbc2', 'synthetic', 'ddp_2gpu' and 'slurm_2x4gpu'."
+        )
     return path

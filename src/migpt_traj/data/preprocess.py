@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-from scipy.special import ndtri
+from scipy.special import ndtr, ndtri
 
 from migpt_traj.data.cohort import Cohort
 from migpt_traj.errors import ConfigError
@@ -134,6 +134,38 @@ class Preprocessor:
                 continue
             out[rows] = _normal_score(values[rows], np.asarray(grid), levels)
         return out
+
+    def denormalise_values(self, codes: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        """Inverse of :meth:`normalise_values`: normal scores back to each code's original units.
+
+        The score's normal probability is mapped through the code's train quantile grid (linear between grid
+        points), so ``denormalise_values(c, normalise_values(c, v)) == v`` for values inside the train range whose
+        score is not clipped (levels 0.001 to 0.999); scores beyond ±3.1 map towards the train minimum / maximum.
+        Codes never measured in train give NaN.
+
+        Args:
+            codes: ``(n,)`` code strings (object array).
+            scores: ``(n,)`` float normal scores (NaN passes through).
+
+        Returns:
+            ``(n,)`` float64 values in the codes' units.
+        """
+        out = np.full(scores.shape, np.nan, dtype=np.float64)
+        levels = np.linspace(0.0, 1.0, _N_QUANTILES)
+        for code in np.unique(codes):
+            grid = self.quantiles.get(str(code))
+            if grid is None:
+                continue
+            rows = codes == code
+            out[rows] = np.interp(ndtr(scores[rows].astype(np.float64)), levels, np.asarray(grid))
+        out[np.isnan(scores)] = np.nan
+        return out
+
+    def denormalise_images(self, mat: np.ndarray) -> np.ndarray:
+        """Inverse of :meth:`normalise_images` (train mean and standard deviation), float64."""
+        if self.image_dim == 0:
+            return mat.astype(np.float64)
+        return mat * np.asarray(self.image_std) + np.asarray(self.image_mean)
 
     def normalise_images(self, mat: np.ndarray) -> np.ndarray:
         """Standardise image embeddings with the train mean and standard deviation."""

@@ -1,7 +1,10 @@
-"""The LightningModule: backbone + competing-risk piecewise-exponential hazard head, trained by exact likelihood."""
+"""The LightningModule: backbone + competing-risk piecewise-exponential hazard head, trained by exact likelihood,
+with an optional forecast decoder (model/forecast_head.py) trained jointly through an auxiliary loss on the observed
+future values."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -11,6 +14,14 @@ import torch
 from torch import nn
 
 from migpt_traj.model.backbone import Backbone
+from migpt_traj.model.forecast_head import (
+    N_SCALE_BINS,
+    ForecastHead,
+    _Moments,
+    channel_summary,
+    future_targets,
+    scale_bin,
+)
 from migpt_traj.model.survival import cumulative_incidence, negative_log_likelihood
 from migpt_traj.model.wide import fit_wide, raw_wide_features, wide_moments, wide_width
 
@@ -99,11 +110,20 @@ class HazardHead(nn.Module):
 
 
 class TrajectoryModule(pl_light.LightningModule):
-    """Backbone + hazard head. Loss: mean exact censored negative log-likelihood over labelled queries."""
+    """Backbone + hazard head (+ forecast head). Loss: mean exact censored negative log-likelihood over labelled
+    queries, plus ``forecast_weight`` times the mean Gaussian negative log-likelihood of observed future values
+    (normalised scale) when a forecast head is trained.
+
+    Forecast arguments: ``forecast_code_ids`` (code ids of the numeric measurements to forecast; ``None``: no forecast
+    head), ``forecast_weight`` (weight of the auxiliary loss; 0: the head keeps its stage-1 linear fit),
+    ``forecast_horizon_days`` (targets up to this many days after a query), ``forecast_targets_per_query`` (future
+    values sampled per query and training step).
+    """
 
     edges: torch.Tensor
     wide_mean: torch.Tensor
     wide_std: torch.Tensor
+    channel_of_code: torch.Tensor
 
     def __init__(
         self,
@@ -122,6 +142,10 @@ class TrajectoryModule(pl_light.LightningModule):
         weight_decay: float = 1e-2,
         rank_weight: float = 0.0,
         rank_sigma: float = 0.1,
+        forecast_code_ids: list[int] | None = None,
+        forecast_weight: float = 0.0,
+        forecast_horizon_days: float = 1095.75,
+        forecast_targets_per_query: int = 8,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -152,6 +176,21 @@ class TrajectoryModule(pl_light.LightningModule):
         self.weight_decay = weight_decay
         self.rank_weight = rank_weight
         self.rank_sigma = rank_sigma
+        # Forecast channels: the measurement codes, then the image embedding dimensions.
+        lab_ids = list(forecast_code_ids or [])
+        channel_of_code = torch.full((vocab_size,), -1, dtype=torch.long)
+        channel_of_code[torch.tensor(lab_ids, dtype=torch.long)] = torch.arange(len(lab_ids))
+        self.register_buffer("channel_of_code", channel_of_code, persistent=False)
+        self.n_lab_channels = len(lab_ids)
+        self.forecast_weight = forecast_weight
+        self.forecast_horizon_days = forecast_horizon_days
+        self.forecast_targets_per_query = forecast_targets_per_query
+        n_channels = len(lab_ids) + image_dim
+        self.forecast_head = (
+            ForecastHead(d_model, n_channels) if forecast_code_ids is not None and n_channels > 0 else None
+        )
+        if self.forecast_head is not None and forecast_weight == 0:
+            self.forecast_head.requires_grad_(False)  # not trained: no unused parameters under DDP
 
     def wide_input(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Standardised wide features ``(Q, 2V + 2)``; unknown age sits at the train mean (0)."""
@@ -218,38 +257,146 @@ class TrajectoryModule(pl_light.LightningModule):
 
     def log_hazard(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """``(Q, K, J)`` log hazards per day at every query of the batch."""
+        return self._hazard_from_state(batch, self.backbone(batch))
+
+    def _hazard_from_state(self, batch: dict[str, torch.Tensor], state: torch.Tensor) -> torch.Tensor:
         wide = self.wide(self.wide_input(batch))  # (Q, K)
-        return self.head(self.backbone(batch)) + wide.unsqueeze(-1)
+        return self.head(state) + wide.unsqueeze(-1)
+
+    # ------------------------------------------------------------------ forecasts
+    def _require_forecast_head(self) -> ForecastHead:
+        if self.forecast_head is None:
+            from migpt_traj.errors import ModelStateError
+
+            raise ModelStateError("This module has no forecast head (built without forecast_code_ids).")
+        return self.forecast_head
+
+    def _forecast_nll(self, batch: dict[str, torch.Tensor], state: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """Weighted mean Gaussian NLL of the observed future values after every query, and their total weight.
+
+        Training samples ``forecast_targets_per_query`` values per query; evaluation uses them all (deterministic).
+        """
+        head = self._require_forecast_head()
+        summary = channel_summary(batch, self.channel_of_code, self.n_lab_channels, self.image_dim)
+        per_query = self.forecast_targets_per_query if self.training else None
+        t = future_targets(
+            batch,
+            self.channel_of_code,
+            self.n_lab_channels,
+            self.image_dim,
+            horizon_days=self.forecast_horizon_days,
+            per_query=per_query,
+        )
+        mu, log_sigma = head(state, summary, t.q, t.ch, t.delta)
+        nll = log_sigma + 0.5 * ((t.y - mu) * torch.exp(-log_sigma)) ** 2 + 0.5 * math.log(2 * math.pi)
+        total = float(t.weight.sum())
+        return (nll * t.weight).sum() / max(total, 1e-9), total
+
+    @torch.no_grad()
+    def fit_forecast(
+        self,
+        train: Iterable[dict[str, torch.Tensor]],
+        tuning: Iterable[dict[str, torch.Tensor]] | None,
+        *,
+        seed: int = 0,
+        per_query: int = 64,
+    ) -> dict[str, Any]:
+        """Stage 1 of the forecast head: closed-form per-channel ridge fit of the linear path (penalty and residual
+        scale from the tuning split), from at most ``per_query`` seeded future values per query.
+
+        Returns:
+            ``{"penalties": [...], "train_rows": n, "tuning_rows": n}`` (rows weighted, an image study counts once).
+        """
+        if self.forecast_head is None:
+            return {"penalties": [], "train_rows": 0.0, "tuning_rows": 0.0}
+        head = self.forecast_head
+        gen = torch.Generator().manual_seed(seed)
+
+        def moments(batches: Iterable[dict[str, torch.Tensor]]) -> _Moments:
+            acc = _Moments(head.n_channels, head.n_features)
+            for batch in batches:
+                summary = channel_summary(batch, self.channel_of_code, self.n_lab_channels, self.image_dim)
+                t = future_targets(
+                    batch,
+                    self.channel_of_code,
+                    self.n_lab_channels,
+                    self.image_dim,
+                    horizon_days=self.forecast_horizon_days,
+                    per_query=per_query,
+                    generator=gen,
+                )
+                x = summary.design(t.q, t.ch, t.delta / 365.25)
+                cell = t.ch * N_SCALE_BINS + scale_bin(t.delta, summary.has[t.q, t.ch])
+                acc.add(x, t.y, cell, t.weight)
+            return acc
+
+        train_m = moments(train)
+        tuning_m = moments(tuning) if tuning is not None else None
+        penalties = head.fit_linear(train_m, tuning_m)
+        return {
+            "penalties": penalties,
+            "train_rows": float(train_m.n.sum()),
+            "tuning_rows": float(tuning_m.n.sum()) if tuning_m is not None else 0.0,
+        }
+
+    def forecast(
+        self, batch: dict[str, torch.Tensor], q: torch.Tensor, channel: torch.Tensor, delta_days: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and log standard deviation ``(N,)`` (normalised scale) of ``channel[i]`` ``delta_days[i]`` days after
+        query ``q[i]`` of the batch (as of that query's prediction time)."""
+        head = self._require_forecast_head()
+        state = self.backbone(batch)
+        summary = channel_summary(batch, self.channel_of_code, self.n_lab_channels, self.image_dim)
+        dev = state.device
+        return head(state, summary, q.to(dev), channel.to(dev), delta_days.to(dev, torch.float32))
 
     def cif(self, batch: dict[str, torch.Tensor], horizons: torch.Tensor) -> torch.Tensor:
         """``(Q, K, H)`` cumulative incidence at ``horizons`` days after each query's prediction time."""
         return cumulative_incidence(self.log_hazard(batch), self.edges, horizons)
 
     def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        loss, n, _ = self._loss_parts(batch)
+        return loss, n
+
+    def _loss_parts(
+        self, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, int, tuple[torch.Tensor, float] | None]:
+        """Joint loss, labelled query count, and the forecast NLL with its pair weight (None when not trained)."""
         labelled = batch["q_cause"] >= 0
-        lh = self.log_hazard(batch)[labelled]
+        state = self.backbone(batch)
+        lh = self._hazard_from_state(batch, state)[labelled]
         duration = batch["q_duration"][labelled]
         cause = batch["q_cause"][labelled]
         nll = negative_log_likelihood(lh, self.edges, duration, cause)
         n = int(labelled.sum())
+        forecast = None
+        if self.forecast_head is not None and self.forecast_weight > 0:
+            forecast = self._forecast_nll(batch, state)
         if n == 0:  # an empty batch contributes a zero that still carries the graph
-            return lh.sum() * 0.0, 0
+            zero = lh.sum() * 0.0
+            return (zero + forecast[0] * 0.0 if forecast is not None else zero), 0, forecast
         loss = nll.sum() / n
         if self.rank_weight > 0:
             loss = loss + self.rank_weight * ranking_loss(
                 lh, self.edges, duration, cause, batch["q_sample"][labelled], sigma=self.rank_sigma
             )
-        return loss, n
+        if forecast is not None:
+            loss = loss + self.forecast_weight * forecast[0]
+        return loss, n, forecast
+
+    def _log_parts(self, stage: str, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        loss, n, forecast = self._loss_parts(batch)
+        self.log(f"{stage}_loss", loss, prog_bar=True, batch_size=max(n, 1), on_epoch=True, on_step=False)
+        if forecast is not None and forecast[1] > 0:
+            size = max(round(forecast[1]), 1)
+            self.log(f"{stage}_forecast_loss", forecast[0], batch_size=size, on_epoch=True, on_step=False)
+        return loss
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss, n = self._loss(batch)
-        self.log("train_loss", loss, prog_bar=True, batch_size=max(n, 1), on_epoch=True, on_step=False)
-        return loss
+        return self._log_parts("train", batch)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss, n = self._loss(batch)
-        self.log("val_loss", loss, prog_bar=True, batch_size=max(n, 1), on_epoch=True, on_step=False)
-        return loss
+        return self._log_parts("val", batch)
 
     def configure_optimizers(self) -> Any:
         decay: list[nn.Parameter] = []

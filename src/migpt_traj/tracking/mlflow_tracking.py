@@ -135,7 +135,9 @@ def log_fit(client: MlflowClient, run_id: str, model: TrajectoryModel, cohort: C
         for epoch, v in enumerate(history.get(name) or [])
     ]
     if history.get("best_val_loss") is not None:
-        metrics.append(Metric("best_val_loss", float(history["best_val_loss"]), 0, int(history["best_epoch"])))
+        # best_epoch -1 = the stage-1 (wide) fit before any training epoch; MLflow steps start at 0.
+        step = max(int(history["best_epoch"]), 0)
+        metrics.append(Metric("best_val_loss", float(history["best_val_loss"]), 0, step))
     params = [Param(k, v) for k, v in _fit_params(model, cohort).items()]
     params.append(Param("fit.best_epoch", str(history.get("best_epoch"))))
     tags = [RunTag(k, v) for k, v in _tags(model).items()]
