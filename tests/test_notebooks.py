@@ -10,7 +10,7 @@ import nbformat
 import pytest
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
-NAMES = ["01_quickstart.ipynb", "02_cohort_evaluation.ipynb"]
+NAMES = ["01_quickstart.ipynb", "02_cohort_evaluation.ipynb", "03_trajectories_and_treatments.ipynb"]
 
 
 @pytest.mark.parametrize("name", NAMES)
