@@ -181,6 +181,9 @@ def _demo(args: argparse.Namespace) -> int:
     print("\nHeld-out predicted risk of death (cumulative incidence), first subjects:")
     print(risk.filter(pl.col("event") == "MEDS_DEATH").head(9))
     _print_discrimination(cohort, risk, landmarks=landmarks, horizons=horizons)
+    first = int(risk["subject_id"][0])
+    state = model.summarize(cohort, subject_id=first, prediction_time=landmarks[0])
+    print(f"\nPatient summary (held-out subject {first}, {landmarks[0]:g} days after entry):\n{state.text}")
     if args.out:
         model.save(args.out)
         risk.write_parquet(Path(args.out) / "predictions.parquet")
