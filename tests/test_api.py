@@ -300,3 +300,13 @@ def test_pbc2_fit_ranks_held_out_deaths_better_than_chance() -> None:
     )[0]
     # Measured 0.744 (baseline bilirubin alone: 0.703) on the 47 held-out subjects of split seed 0.
     assert c_index > 0.6, f"held-out Harrell's C {c_index:.3f}"
+
+
+def test_fit_reports_tensorizing_progress_and_is_quiet_when_asked(
+    cohort: Cohort, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MIGPT_TRAJ_PROGRESS", "1")  # force bars although stderr is not a terminal
+    TrajectoryModel(max_epochs=1, d_model=16, n_layers=1, n_heads=2, use_notes=False).fit(cohort)
+    assert "tensorizing" in capsys.readouterr().err
+    TrajectoryModel(max_epochs=1, d_model=16, n_layers=1, n_heads=2, use_notes=False, progress=False).fit(cohort)
+    assert "tensorizing" not in capsys.readouterr().err

@@ -19,7 +19,7 @@ import polars as pl
 import torch
 from safetensors.torch import load_file, save_file
 
-from migpt_traj._progress import progress_enabled
+from migpt_traj._progress import progress_enabled, track
 from migpt_traj.config import TrajectoryConfig
 from migpt_traj.data.cohort import Cohort, Split
 from migpt_traj.data.datamodule import TokenDataset, TrajectoryDataModule, collate_tokens
@@ -233,7 +233,8 @@ class TrajectoryModel:
             self.note_identity = embedder.identity
             self.note_dim = embedder.dim
         tables = {}
-        for split in ("train", "tuning"):
+        quiet = None if cfg.progress else False
+        for split in track(("train", "tuning"), desc="tensorizing", unit="split", enabled=quiet, leave=False):
             samples, queries = training_queries(
                 cohort, split=split, extra_per_subject=cfg.extra_queries_per_subject, seed=cfg.seed
             )
