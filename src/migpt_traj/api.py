@@ -209,10 +209,14 @@ class TrajectoryModel:
     ) -> TrajectoryModel:
         """Fit on the train split, early-stopping on the tuning split's likelihood.
 
-        Nothing from tuning or held-out subjects reaches the fitted statistics (vocabulary, normalisers, time
-        bins); tuning subjects only pick the epoch. ``callbacks`` (e.g. a pruning callback on ``val_loss``) and
-        ``logger`` (a Lightning logger, default none) are handed to the Trainer. ``history`` records
-        ``train_loss`` and ``val_loss`` per epoch (epoch-mean negative log-likelihood).
+        Stage 1 fits the wide path and the forecast head's linear part in closed form or by L-BFGS (ridge
+        penalties chosen on the tuning split); stage 2 trains the transformer on top by minibatch AdamW, and the
+        best tuning loss wins (``best_epoch == -1``: stage 1 as is). Nothing from tuning or held-out subjects
+        reaches the fitted statistics (vocabulary, normalisers, time bins, weights); tuning subjects only pick
+        penalties and the epoch. ``callbacks`` (e.g. a pruning callback on ``val_loss``) and ``logger`` (a
+        Lightning logger, default none) are handed to the Trainer. ``history`` records ``train_loss`` and
+        ``val_loss`` per epoch: the epoch-mean survival negative log-likelihood per query plus ``forecast_weight``
+        times the forecast negative log-likelihood.
         """
         cfg = self.config
         if cfg.outcomes is not None and tuple(cfg.outcomes) != tuple(cohort.outcomes):
