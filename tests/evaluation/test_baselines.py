@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ast
 import datetime as dt
-import time
 from pathlib import Path
 
 import numpy as np
@@ -368,13 +367,14 @@ def test_failure_paths(cohort: Cohort, cox: LandmarkCox) -> None:
 # ------------------------------------------------------------------ PBC2
 
 
-def test_pbc2_landmark_cox_discriminates() -> None:
+@pytest.mark.parametrize("model", [LandmarkCox, LandmarkCoxTV], ids=["landmark_cox", "cox_tv"])
+def test_pbc2_cox_models_discriminate(model: type[LandmarkCox] | type[LandmarkCoxTV]) -> None:
+    """Death by 3 years from the 1-year landmark on PBC2's held-out split (speed lives in benchmarks/)."""
     from migpt_traj.datasets import load_pbc2
 
-    start = time.perf_counter()
     pbc = load_pbc2(split_seed=0)
     s, h = 365.25, 1095.75
-    pred = LandmarkCox(landmarks=[s]).fit(pbc).predict_risk(pbc, landmarks=[s], horizons=[h], split="held_out")
+    pred = model(landmarks=[s]).fit(pbc).predict_risk(pbc, landmarks=[s], horizons=[h], split="held_out")
     held, train = (pbc.labels(landmarks=[s], split=sp) for sp in ("held_out", "train"))
     risk = held.select("subject_id").join(_risk(pred, landmark=s, event="MEDS_DEATH", horizon=h), on="subject_id")
     auc = cumulative_dynamic_auc(
@@ -386,7 +386,6 @@ def test_pbc2_landmark_cox_discriminates() -> None:
         train_event=_codes(train, pbc.outcomes),
     )
     assert auc > 0.75
-    assert time.perf_counter() - start < 30  # well under the slow mark on 2 cores
 
 
 # ------------------------------------------------------------------ LandmarkCoxTV
@@ -605,27 +604,6 @@ def test_cox_tv_is_resolved_by_name_in_the_harness(cohort: Cohort, cox_tv: Landm
     assert rows.height > 0
     main = rep.metrics.filter(pl.col("model") != "cox_tv").select(pl.exclude("model"))
     assert rows.select(pl.exclude("model")).sort(pl.all()).equals(main.filter(pl.col("status") == "ok").sort(pl.all()))
-
-
-def test_pbc2_cox_tv_discriminates() -> None:
-    from migpt_traj.datasets import load_pbc2
-
-    start = time.perf_counter()
-    pbc = load_pbc2(split_seed=0)
-    s, h = 365.25, 1095.75
-    pred = LandmarkCoxTV(landmarks=[s]).fit(pbc).predict_risk(pbc, landmarks=[s], horizons=[h], split="held_out")
-    held, train = (pbc.labels(landmarks=[s], split=sp) for sp in ("held_out", "train"))
-    risk = held.select("subject_id").join(_risk(pred, landmark=s, event="MEDS_DEATH", horizon=h), on="subject_id")
-    auc = cumulative_dynamic_auc(
-        held["duration_days"].to_numpy(),
-        _codes(held, pbc.outcomes),
-        risk["risk"].to_numpy(),
-        h,
-        train_time=train["duration_days"].to_numpy(),
-        train_event=_codes(train, pbc.outcomes),
-    )
-    assert auc > 0.75
-    assert time.perf_counter() - start < 30
 
 
 def test_log_transformed_feature_below_the_train_minimum_gives_a_finite_design() -> None:

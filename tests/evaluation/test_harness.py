@@ -7,7 +7,6 @@ called on the explicitly resampled (expanded) rows.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import numpy as np
@@ -396,12 +395,11 @@ def test_missing_baseline_class_is_named(monkeypatch: pytest.MonkeyPatch, cohort
 
 # ---------------------------------------------------------------------------------------------------- scale
 @pytest.mark.slow
-def test_pbc2_bootstrap_is_fast_enough() -> None:
+def test_pbc2_bootstrap_with_200_replicates_scores_the_grid() -> None:
     import migpt_traj as mt
 
     pbc2 = mt.datasets.load_pbc2()
     lab_model = AsOfLabModel(code="LAB//bilirubin").fit(pbc2)
-    start = time.perf_counter()
     rep = evaluate(
         lab_model,
         pbc2,
@@ -411,6 +409,4 @@ def test_pbc2_bootstrap_is_fast_enough() -> None:
         n_bootstrap=200,
         leakage=False,
     )
-    elapsed = time.perf_counter() - start
-    assert rep.metrics.filter(pl.col("status") == "ok").height > 0
-    assert elapsed < 45.0, elapsed
+    assert rep.metrics.filter(pl.col("status") == "ok").height > 0  # its speed is measured in benchmarks/
